@@ -1,0 +1,5 @@
+"""Every zoo model family; importing this module registers them all with timm (timm registers on import)."""
+
+from zoo.models.zoo_vit import ZooViT
+
+__all__ = ["ZooViT"]

@@ -1,0 +1,363 @@
+"""ZooViT: a timm Vision Transformer whose blocks can be routed, grown, frozen and checkpointed.
+
+State dicts are interchangeable with timm's ``VisionTransformer`` of the same shape (class token, absolute position
+embedding over prefix + patch tokens, pre-norm blocks, final norm, linear head). Everything that defines the
+architecture is a JSON-safe keyword argument and is kept, current, in ``model.model_args``: growth and routing
+conversions update it, and export writes it to ``config.json``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
+from timm.layers import PatchEmbed, resample_abs_pos_embed, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from zoo.layers import Block
+from zoo.routing import RoutedBlock, resolve_route_plan
+
+FMNIST_MEAN = (0.2860,)
+FMNIST_STD = (0.3530,)
+
+
+def drop_path_rates(drop_path_rate: float, depth: int) -> list[float]:
+    """Linearly increasing stochastic depth, as timm does; recomputed whenever depth changes."""
+    return [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+
+
+class ZooViT(nn.Module):
+    """Vision Transformer with timm's interface and the zoo's efficiency hooks.
+
+    Hooks (all set from outside, none threaded through ``forward`` as flags):
+      - ``routing``: which blocks are ``RoutedBlock`` and at what capacity (see ``zoo.routing``).
+      - ``no_grad_prefix``: number of leading blocks (after the stem) that run without building an autograd graph,
+        set by ``zoo.freezing`` when they are frozen; -1 means the stem also builds a graph.
+      - ``set_grad_checkpointing(enable, every=k, policy=...)``: activation checkpointing per block.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "token",
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        mlp_hidden: int | None = None,
+        qkv_bias: bool = True,
+        class_token: bool = True,
+        reg_tokens: int = 0,
+        init_values: float | None = None,
+        drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        routing: dict | None = None,
+        weight_init: str = "",
+    ):
+        super().__init__()
+        if global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+        if global_pool == "token" and not class_token:
+            raise ValueError("global_pool='token' needs class_token=True")
+        self.model_args: dict[str, Any] = dict(
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, global_pool=global_pool,
+            embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, mlp_hidden=mlp_hidden,
+            qkv_bias=qkv_bias, class_token=class_token, reg_tokens=reg_tokens, init_values=init_values,
+            drop_rate=drop_rate, proj_drop_rate=proj_drop_rate, attn_drop_rate=attn_drop_rate,
+            drop_path_rate=drop_path_rate, routing=routing,
+        )  # fmt: skip
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.num_prefix_tokens = int(class_token) + reg_tokens
+        self.grad_checkpointing = False
+        self.checkpoint_every = 1
+        self.checkpoint_policy = "full"
+        self.no_grad_prefix = -1
+
+        self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim)
+        num_patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
+        self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + self.num_prefix_tokens, embed_dim))
+        self.pos_drop = nn.Dropout(drop_rate)
+        self.blocks = nn.Sequential(*[self.make_block(i, c) for i, c in enumerate(resolve_route_plan(depth, routing))])
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.feature_info = self.make_feature_info()
+        if weight_init != "skip":
+            self.init_weights()
+
+    # ----------------------------------------------------------------------------------------------- construction
+    def make_block(self, index: int, capacity: float | None) -> Block:
+        """Build block ``index`` from the current ``model_args`` (used at construction and by growth/routing)."""
+        a = self.model_args
+        dpr = drop_path_rates(a["drop_path_rate"], a["depth"])[index] if index < a["depth"] else 0.0
+        kw = dict(
+            dim=a["embed_dim"], num_heads=a["num_heads"], mlp_ratio=a["mlp_ratio"], mlp_hidden=a["mlp_hidden"],
+            qkv_bias=a["qkv_bias"], init_values=a["init_values"], proj_drop=a["proj_drop_rate"],
+            attn_drop=a["attn_drop_rate"], drop_path=dpr,
+        )  # fmt: skip
+        if capacity is None:
+            return Block(**kw)
+        r = a["routing"] or {}
+        return RoutedBlock(
+            **kw,
+            capacity=capacity,
+            router=r.get("router", "linear"),
+            context=r.get("context", "selected"),
+            num_prefix_tokens=self.num_prefix_tokens,
+        )
+
+    def make_feature_info(self) -> list[dict]:
+        r = self.patch_embed.patch_size[0]
+        return [dict(module=f"blocks.{i}", num_chs=self.embed_dim, reduction=r) for i in range(len(self.blocks))]
+
+    def init_weights(self) -> None:
+        """timm's default ('') ViT init: trunc-normal(0.02) linears and position embedding, tiny class token."""
+        trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+        if self.reg_token is not None:
+            nn.init.normal_(self.reg_token, std=1e-6)
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Linear) and not name.endswith("router"):
+                trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    # ------------------------------------------------------------------------------------------------ timm interface
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token", "reg_token"}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(
+            stem=r"^cls_token|^reg_token|^pos_embed|^patch_embed",
+            blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True, every: int = 1, policy: str = "full") -> None:
+        """Checkpoint every ``every``-th block; ``policy`` 'full' recomputes everything, 'selective' keeps matmuls."""
+        if policy not in ("full", "selective"):
+            raise ValueError(f"checkpoint policy must be 'full' or 'selective', got {policy!r}")
+        if every < 1:
+            raise ValueError(f"checkpoint every must be >= 1, got {every}")
+        self.grad_checkpointing = enable
+        self.checkpoint_every = every
+        self.checkpoint_policy = policy
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ("token", "avg"):
+                raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+            self.global_pool = self.model_args["global_pool"] = global_pool
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+
+    # ---------------------------------------------------------------------------------------------------- forward
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        prefix = []
+        if self.cls_token is not None:
+            prefix.append(self.cls_token.expand(x.shape[0], -1, -1))
+        if self.reg_token is not None:
+            prefix.append(self.reg_token.expand(x.shape[0], -1, -1))
+        x = torch.cat(prefix + [x], dim=1) if prefix else x
+        return self.pos_drop(x + self.pos_embed)
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self._pos_embed(self.patch_embed(x))
+
+    def _run_block(self, i: int, blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled() and i % self.checkpoint_every == 0:
+            from zoo.memory import checkpoint_context_fn  # memory policies live with the memory savers
+
+            return checkpoint(blk, x, use_reentrant=False, context_fn=checkpoint_context_fn(self.checkpoint_policy))
+        return blk(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        # a frozen prefix runs without a graph: backward stops at the first trainable block (the speedup of freezing)
+        start = max(self.no_grad_prefix, 0)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.no_grad_prefix < 0):
+            x = self.stem(x)
+            for blk in self.blocks[:start]:
+                x = blk(x)
+        for i in range(start, len(self.blocks)):
+            x = self._run_block(i, self.blocks[i], x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "avg":
+            x = x[:, self.num_prefix_tokens :].mean(dim=1)
+        else:
+            x = x[:, 0]
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+        **_: Any,
+    ):
+        """timm's feature-extraction API: outputs of the chosen blocks (last n if ``indices`` is an int)."""
+        n = len(self.blocks)
+        if indices is None:
+            take = list(range(n))
+        elif isinstance(indices, int):
+            take = list(range(n - indices, n))
+        else:
+            take = [i if i >= 0 else n + i for i in indices]
+        H, W = self.patch_embed.grid_size
+        x = self.stem(x)
+        feats = []
+        last = max(take) if stop_early else n - 1
+        for i, blk in enumerate(self.blocks[: last + 1]):
+            x = blk(x)
+            if i in take:
+                y = self.norm(x) if norm else x
+                y = y[:, self.num_prefix_tokens :]
+                if output_fmt == "NCHW":
+                    y = y.reshape(y.shape[0], H, W, -1).permute(0, 3, 1, 2).contiguous()
+                feats.append(y)
+        if intermediates_only:
+            return feats
+        return self.norm(x), feats
+
+    # ---------------------------------------------------------------------------------------------- input size
+    def set_input_size(self, img_size: int) -> None:
+        """Change the input resolution, resampling the position embedding (used by resolution growth)."""
+        old_grid = self.patch_embed.grid_size
+        self.patch_embed.set_input_size(img_size=img_size)
+        new_grid = self.patch_embed.grid_size
+        if new_grid != old_grid:
+            with torch.no_grad():
+                pe = resample_abs_pos_embed(
+                    self.pos_embed.data, new_size=new_grid, old_size=old_grid,
+                    num_prefix_tokens=self.num_prefix_tokens, verbose=False,
+                )  # fmt: skip
+            self.pos_embed = nn.Parameter(pe)
+        self.model_args["img_size"] = img_size
+
+
+def checkpoint_filter_fn(state_dict: dict, model: ZooViT) -> dict:
+    """Adapt a timm / zoo ViT state dict to ``model``: resample the position embedding if the grid differs and fill
+    router weights a dense checkpoint does not have with the model's own (zero-initialised) ones."""
+    state_dict = dict(state_dict.get("state_dict", state_dict))
+    own = model.state_dict()
+    pe = state_dict.get("pos_embed")
+    if pe is not None and pe.shape != own["pos_embed"].shape:
+        old = int(math.isqrt(pe.shape[1] - model.num_prefix_tokens))
+        state_dict["pos_embed"] = resample_abs_pos_embed(
+            pe, new_size=model.patch_embed.grid_size, old_size=(old, old),
+            num_prefix_tokens=model.num_prefix_tokens, verbose=False,
+        )  # fmt: skip
+    for k, v in own.items():
+        if ".router." in k and k not in state_dict:
+            state_dict[k] = v
+    return state_dict
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs) -> ZooViT:
+    return build_model_with_cfg(
+        ZooViT,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=3, feature_cls="getter"),
+        **kwargs,
+    )
+
+
+def _cfg(**kwargs) -> dict:
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": None,
+        "crop_pct": 0.9,
+        "interpolation": "bicubic",
+        "fixed_input_size": True,
+        "mean": IMAGENET_INCEPTION_MEAN,
+        "std": IMAGENET_INCEPTION_STD,
+        "first_conv": "patch_embed.proj",
+        "classifier": "head",
+        "license": "apache-2.0",
+        **kwargs,
+    }
+
+
+def _fmnist_cfg(**kwargs) -> dict:
+    return _cfg(num_classes=10, input_size=(1, 28, 28), mean=FMNIST_MEAN, std=FMNIST_STD, crop_pct=1.0, **kwargs)
+
+
+default_cfgs = generate_default_cfgs(
+    {
+        "zoo_vit_tiny_p16": _cfg(),
+        "zoo_vit_small_p16": _cfg(),
+        "zoo_vit_base_p16": _cfg(),
+        "zoo_vit_micro_p4": _fmnist_cfg(),
+        "zoo_vit_mini_p4": _fmnist_cfg(),
+    }
+)
+
+
+@register_model
+def zoo_vit_tiny_p16(pretrained: bool = False, **kwargs) -> ZooViT:
+    """ViT-Ti/16 at 224 px, the shape of timm's vit_tiny_patch16_224."""
+    model_args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3)
+    return _create("zoo_vit_tiny_p16", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def zoo_vit_small_p16(pretrained: bool = False, **kwargs) -> ZooViT:
+    """ViT-S/16 at 224 px, the shape of timm's vit_small_patch16_224."""
+    model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6)
+    return _create("zoo_vit_small_p16", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def zoo_vit_base_p16(pretrained: bool = False, **kwargs) -> ZooViT:
+    """ViT-B/16 at 224 px, the shape of timm's vit_base_patch16_224."""
+    model_args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12)
+    return _create("zoo_vit_base_p16", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def zoo_vit_micro_p4(pretrained: bool = False, **kwargs) -> ZooViT:
+    """CPU-sized ViT for 28x28 grey images: patch 4 (49 tokens), width 96, 6 blocks."""
+    model_args = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=96, depth=6, num_heads=3)
+    return _create("zoo_vit_micro_p4", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def zoo_vit_mini_p4(pretrained: bool = False, **kwargs) -> ZooViT:
+    """CPU-sized ViT for 28x28 grey images: patch 4 (49 tokens), width 192, 12 blocks."""
+    model_args = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=192, depth=12, num_heads=3)
+    return _create("zoo_vit_mini_p4", pretrained=pretrained, **dict(model_args, **kwargs))
