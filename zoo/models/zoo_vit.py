@@ -136,6 +136,17 @@ class ZooViT(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
+    def train(self, mode: bool = True) -> ZooViT:
+        """Frozen leading blocks stay in eval mode (no dropout / drop-path): a frozen prefix is a fixed feature
+        extractor, so its output does not change from step to step while only the top trains."""
+        super().train(mode)
+        if mode and self.no_grad_prefix >= 0:
+            self.patch_embed.eval()
+            self.pos_drop.eval()
+            for blk in self.blocks[: self.no_grad_prefix]:
+                blk.eval()
+        return self
+
     # ------------------------------------------------------------------------------------------------ timm interface
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -249,6 +260,23 @@ class ZooViT(nn.Module):
         if intermediates_only:
             return feats
         return self.norm(x), feats
+
+    # ------------------------------------------------------------------------------------------------ conversion
+    def set_routing(self, routing: dict | None) -> None:
+        """Make blocks routed / dense per ``routing`` (see ``zoo.routing.resolve_route_plan``), keeping weights.
+
+        Router weights start at zero (gate 1), so at capacity 1.0 the converted model computes the same function.
+        """
+        plan = resolve_route_plan(len(self.blocks), routing)
+        self.model_args["routing"] = routing
+        for i, cap in enumerate(plan):
+            old = self.blocks[i]
+            new = self.make_block(i, cap)
+            missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
+            if unexpected or any(".router." not in f".{k}" for k in missing):
+                raise RuntimeError(f"block {i}: cannot carry weights over: missing {missing}, unexpected {unexpected}")
+            self.blocks[i] = new.to(device=old.norm1.weight.device, dtype=old.norm1.weight.dtype)
+            self.blocks[i].train(old.training)
 
     # ---------------------------------------------------------------------------------------------- input size
     def set_input_size(self, img_size: int) -> None:

@@ -1,0 +1,141 @@
+"""The ``zoo`` command. Input errors (recipe, data, model files) exit with code 2 and a message naming the file and
+field; nothing is written before the inputs have been checked."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_INPUT_ERROR = 2
+DEFAULT_RECIPE = "fmnist_micro_dense"
+
+
+def schedules_dir() -> Path:
+    """``schedules/`` next to the package (source checkout / editable install) or in the working directory."""
+    here = Path(__file__).resolve().parent.parent / "schedules"
+    return here if here.is_dir() else Path("schedules")
+
+
+def resolve_recipe_path(name: str) -> Path:
+    """A recipe file path, or a bare recipe name looked up in ``schedules/``."""
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    return schedules_dir() / f"{name}.yaml"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    import timm
+
+    import zoo  # noqa: F401  (registers the models)
+
+    print("models:")
+    for name in timm.list_models("zoo_*", pretrained=args.pretrained):
+        print(f"  {name}")
+    print("recipes:")
+    for p in sorted(schedules_dir().glob("*.yaml")):
+        print(f"  {p.stem}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from zoo.recipe import load_recipe
+    from zoo.train import train
+
+    path = resolve_recipe_path(args.recipe)
+    recipe = load_recipe(path, args.set)
+    out = Path(args.out) if args.out else Path("runs") / path.stem
+    result = train(recipe, out, resume=args.resume, force=args.force, progress=not args.no_progress,
+                   stop_after=args.stop_after)  # fmt: skip
+    print(json.dumps({"out_dir": str(result.out_dir), "final_acc": result.final_acc, "steps": result.steps,
+                      "wall_clock_s": round(result.wall_clock_s, 1), "img_per_s": round(result.img_per_s, 1)}))  # fmt: skip
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from zoo.evaluate import evaluate_source
+
+    res = evaluate_source(args.model, args.data, path=args.data_path, batch_size=args.batch_size, classes=args.classes)
+    print(json.dumps(res) if args.json else f"{args.model}: top-1 {res['acc'] * 100:.2f}% on {res['n']} images")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The README's main job: train the bundled default recipe, evaluate it, write a hub-ready folder."""
+    from zoo.evaluate import evaluate_source
+    from zoo.recipe import load_recipe
+    from zoo.train import train
+
+    path = resolve_recipe_path(DEFAULT_RECIPE)
+    recipe = load_recipe(path, args.set)
+    out = Path(args.out)
+    result = train(recipe, out, resume=args.resume, force=args.force)
+    folder = out / "model"
+    check = evaluate_source(f"local-dir:{folder}", recipe.data.name, path=recipe.data.path)
+    print(f"\ntrained {path.stem}: test accuracy {result.final_acc * 100:.2f}% in {result.wall_clock_s:.0f} s")
+    print(f"hub-ready model folder: {folder} (re-loaded with timm local-dir: {check['acc'] * 100:.2f}%)")
+    print(f"load it: import zoo, timm; timm.create_model('local-dir:{folder}')")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="zoo", description="growzoo: efficient ViTs for timm (growth, unfreezing, routing)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("list", help="list zoo models and bundled recipes")
+    s.add_argument("--pretrained", action="store_true", help="only models with pretrained weights")
+    s.set_defaults(fn=cmd_list)
+
+    s = sub.add_parser("train", help="train a recipe (single process, or under torchrun / accelerate launch)")
+    s.add_argument("recipe", help="recipe file or name in schedules/ (e.g. fmnist_micro_dense)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    s.add_argument("--out", help="run directory (default runs/RECIPE)")
+    s.add_argument("--resume", action="store_true", help="continue from the latest valid checkpoint in --out")
+    s.add_argument("--force", action="store_true", help="replace a different run already in --out")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
+                   help="checkpoint and stop after this many steps (continue later with --resume)")
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("eval", help="evaluate a model (name, folder, local-dir:, hf-hub:) on a dataset's test split")
+    s.add_argument("model")
+    s.add_argument("--data", default="fashion-mnist", help="fashion-mnist or imagefolder:PATH")
+    s.add_argument("--data-path", default=None, help="folder with the dataset files")
+    s.add_argument("--classes", type=lambda t: [int(c) for c in t.split(",")], default=None, help="e.g. 5,6,7,8,9")
+    s.add_argument("--batch-size", type=int, default=512)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_eval)
+
+    s = sub.add_parser("demo", help="the main job: train the bundled default recipe and write a hub-ready folder")
+    s.add_argument("--out", default="runs/demo")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--resume", action="store_true")
+    s.add_argument("--force", action="store_true")
+    s.set_defaults(fn=cmd_demo)
+
+    for register in _extensions():
+        register(sub)
+    return p
+
+
+def _extensions():
+    """Subcommands that live with their own modules (profile, bench, plan, ...)."""
+    from zoo import cli_measure
+
+    return [cli_measure.register]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args) or 0
+    except (ValueError, FileNotFoundError) as e:
+        # RecipeError, DataError and ModelLoadError are ValueErrors whose message names the file and the field
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Wiring between a recipe and the model's structure over training: building the model and optimizer, the stage
+plan (which groups train, routing capacity), and restructuring at stage boundaries.
+
+The stage at a step is a pure function of the recipe and the step (``StagePlan.describe``), so a resumed run rebuilds
+the right structure before loading a checkpoint, including one taken right after a boundary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from zoo.freezing import layer_groups, param_groups, set_trainable_from
+from zoo.hub import load_model, load_timm_weights
+from zoo.recipe import Recipe, RecipeError
+from zoo.routing import RoutedBlock, resolve_route_plan
+from zoo.schedule import anneal_value, boundary_steps, gradual_unfreeze_from
+
+
+def routing_args(recipe: Recipe) -> dict | None:
+    r = recipe.routing
+    if r is None:
+        return None
+    return {"capacity": r.capacity, "layers": r.layers, "router": r.router, "context": r.context}
+
+
+def build_model(recipe: Recipe, bundle) -> nn.Module:
+    """The recipe's model for the data in ``bundle``: from scratch, a model folder / hub id, or a timm weights file."""
+    m = recipe.model
+    data_args = {"num_classes": bundle.num_classes, "in_chans": bundle.in_chans, "img_size": bundle.img_size}
+    src = m.pretrained
+    if src is None or src.endswith(".safetensors"):
+        kwargs = {**data_args, **m.args}
+        if recipe.routing is not None:
+            kwargs["routing"] = routing_args(recipe)
+        try:
+            model = timm.create_model(m.name, **kwargs)
+        except (RuntimeError, TypeError, ValueError) as e:
+            raise RecipeError("recipe", "model", f"cannot build {m.name!r} with {kwargs}: {e}") from None
+        if src is not None:
+            if not Path(src).is_file():
+                raise RecipeError("recipe", "model.pretrained", f"weights file not found: {src}")
+            load_timm_weights(model, src)
+        return model
+    model = load_model(src)
+    if m.reset_head and model.num_classes != bundle.num_classes:
+        model.reset_classifier(bundle.num_classes)
+    if recipe.routing is not None:
+        model.set_routing(routing_args(recipe))
+    return model
+
+
+def build_optimizer(model: nn.Module, recipe: Recipe, previous: torch.optim.Optimizer | None = None):
+    """AdamW (or SGD) over the trainable parameters with layer-decay scales; optimizer state of parameters that were
+    already trained is carried over from ``previous`` (an unfreeze boundary keeps the moments of the top)."""
+    o = recipe.optim
+    groups = param_groups(model, o.weight_decay, o.layer_decay, o.lr_mult)
+    if o.name == "adamw":
+        opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+    else:
+        opt = torch.optim.SGD(groups, lr=o.lr, momentum=o.betas[0], nesterov=True)
+    if previous is not None:
+        for p, s in previous.state.items():
+            if any(p is q for g in opt.param_groups for q in g["params"]):
+                opt.state[p] = s
+    return opt
+
+
+@dataclass
+class StagePlan:
+    """When the structure changes: unfreeze stages (first trainable group per step); routing capacity anneal."""
+
+    total: int
+    recipe: Recipe
+    unfreeze_steps: list[tuple[int, int]] = field(default_factory=list)  # explicit (step, trainable_from)
+    groups: int = 0  # layer-group count of the current model, set by apply_structure
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, total: int) -> StagePlan:
+        plan = cls(total=total, recipe=recipe)
+        u = recipe.unfreeze
+        if u is not None and u.mode == "stages":
+            steps = boundary_steps([s.at for s in u.stages], total)
+            plan.unfreeze_steps = [(st, s.trainable_from) for st, s in zip(steps, u.stages)]
+        return plan
+
+    def num_groups(self, model: nn.Module) -> int:
+        return len(layer_groups(model))
+
+    def trainable_from(self, step: int, num_groups: int) -> int:
+        """First trainable layer group at ``step`` (0 = everything trains)."""
+        u = self.recipe.unfreeze
+        if u is None:
+            return 0
+        progress = step / max(self.total, 1)
+        if u.mode == "gradual":
+            return gradual_unfreeze_from(progress, num_groups, u.start_groups, u.every)
+        if u.mode == "freezeout":
+            # bottom-up: one more group freezes every `every` of training; the top group always trains
+            return min(num_groups - 1, int(progress / u.every + 1e-9))
+        current = 0
+        for st, g in self.unfreeze_steps:
+            if step >= st:
+                current = g if g >= 0 else num_groups + g
+        return current
+
+    def validate(self, model: nn.Module) -> None:
+        G = self.num_groups(model)
+        u = self.recipe.unfreeze
+        if u is not None:
+            for i, s in enumerate(u.stages):
+                if not -G <= s.trainable_from < G:
+                    raise RecipeError("recipe", f"unfreeze.stages[{i}].trainable_from",
+                                      f"{s.trainable_from} out of range: the model has {G} layer groups")  # fmt: skip
+            if u.start_groups > G:
+                raise RecipeError("recipe", "unfreeze.start_groups", f"{u.start_groups} > {G} layer groups")
+
+    def describe(self, step: int) -> dict:
+        return {"trainable_from": self.trainable_from(step, self.groups)}
+
+    def changes_at(self, step: int) -> bool:
+        return step > 0 and self.describe(step) != self.describe(step - 1)
+
+    def rewarm_steps(self) -> list[int]:
+        return []
+
+    def restructure(self, acc, model, optimizer, ema, step: int, recipe: Recipe):
+        """Apply the stage boundary at ``step`` on the unwrapped model, rebuild the optimizer, and re-prepare."""
+        raw = acc.unwrap_model(model)
+        old_opt = getattr(optimizer, "optimizer", optimizer)
+        apply_structure(raw, self, step)
+        acc.free_memory()  # drop Accelerate's references so prepare() wraps the changed model again
+        new_opt = build_optimizer(raw, recipe, previous=old_opt)
+        model, optimizer = acc.prepare(raw, new_opt)
+        return model, optimizer, ema
+
+
+def apply_structure(model: nn.Module, plan: StagePlan, step: int) -> None:
+    """Bring ``model`` to the structure of ``step`` (trainable groups). Idempotent."""
+    plan.groups = plan.num_groups(model)
+    set_trainable_from(model, plan.trainable_from(step, plan.groups))
+
+
+def set_numbers(model: nn.Module, plan: StagePlan, step: int) -> None:
+    """Per-step values: routing capacity (annealed from ``routing.start`` to its target)."""
+    r = plan.recipe.routing
+    if r is None or r.start is None:
+        return
+    progress = step / max(plan.total, 1)
+    targets = resolve_route_plan(len(model.blocks), model.model_args["routing"])
+    for blk, target in zip(model.blocks, targets):
+        if isinstance(blk, RoutedBlock) and target is not None:
+            blk.capacity = anneal_value(progress, max(r.start, target), target, r.anneal)
