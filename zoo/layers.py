@@ -20,15 +20,26 @@ class Attention(nn.Module):
     it for its ``context: all`` mode. Without it this is ordinary self-attention.
     """
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        head_dim: int | None = None,
+    ):
         super().__init__()
-        if dim % num_heads:
+        if head_dim is None and dim % num_heads:
             raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        # head_dim may differ from dim // num_heads (e.g. after heads were added by growth): attention width
+        # num_heads * head_dim is then independent of the residual width
+        self.head_dim = head_dim or dim // num_heads
+        self.attn_dim = self.num_heads * self.head_dim
+        self.qkv = nn.Linear(dim, self.attn_dim * 3, bias=qkv_bias)
         self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(self.attn_dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
@@ -36,18 +47,19 @@ class Attention(nn.Module):
         return t.view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # B, H, N, Dh
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        B, N, C = x.shape
+        B, N, _ = x.shape
+        A = self.attn_dim
         if context is None:
             q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         else:
             # queries from x only; keys and values from the full context (same weights, row slices of qkv)
-            w_q, w_kv = self.qkv.weight.split([C, 2 * C])
-            b_q, b_kv = (None, None) if self.qkv.bias is None else self.qkv.bias.split([C, 2 * C])
+            w_q, w_kv = self.qkv.weight.split([A, 2 * A])
+            b_q, b_kv = (None, None) if self.qkv.bias is None else self.qkv.bias.split([A, 2 * A])
             q = self._heads(F.linear(x, w_q, b_q))
             M = context.shape[1]
             k, v = F.linear(context, w_kv, b_kv).view(B, M, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
-        x = x.transpose(1, 2).reshape(B, N, C)
+        x = x.transpose(1, 2).reshape(B, N, A)
         return self.proj_drop(self.proj(x))
 
     def cls_attention(self, x: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
@@ -56,9 +68,9 @@ class Attention(nn.Module):
         Computes only the CLS query and the keys (not values, not the full N x N map), so a parameter-free
         selector (EViT-style) costs about a third of one qkv projection.
         """
-        B, N, C = x.shape
-        w_q, w_k, _ = self.qkv.weight.split([C, C, C])
-        b_q, b_k = (None, None) if self.qkv.bias is None else self.qkv.bias.split([C, C, C])[:2]
+        A = self.attn_dim
+        w_q, w_k, _ = self.qkv.weight.split([A, A, A])
+        b_q, b_k = (None, None) if self.qkv.bias is None else self.qkv.bias.split([A, A, A])[:2]
         q = self._heads(F.linear(x[:, :1], w_q, b_q))  # B, H, 1, Dh
         k = self._heads(F.linear(x[:, num_prefix_tokens:], w_k, b_k))  # B, H, Np, Dh
         attn = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)  # B, H, 1, Np
@@ -79,10 +91,12 @@ class Block(nn.Module):
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
         mlp_hidden: int | None = None,
+        head_dim: int | None = None,
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop,
+                              head_dim=head_dim)  # fmt: skip
         self.ls1 = LayerScale(dim, init_values=init_values) if init_values else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)

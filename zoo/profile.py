@@ -34,7 +34,14 @@ from torch import nn
 
 from zoo.flops import count_flops
 
-__all__ = ["PRECISIONS", "format_profile", "measure_gemm_peak", "measure_train_memory", "profile_model"]
+__all__ = [
+    "PRECISIONS",
+    "format_profile",
+    "measure_gemm_peak",
+    "measure_rss_train_peak",
+    "measure_train_memory",
+    "profile_model",
+]
 
 PRECISIONS = ("fp32", "bf16")
 GEMM_SIZES = (1024, 2048)
@@ -285,7 +292,7 @@ def measure_train_memory(
 
 _RSS_SCRIPT = r"""
 import json, sys
-import timm, torch, torch.nn.functional as F
+import timm
 import zoo
 from zoo.profile import _autocast, _make_batch, _make_optimizer, _input_size
 
@@ -552,7 +559,7 @@ def profile_model(
     opt = _make_optimizer(model)
     mem = _train_memory(model, x, loss_fn, opt, device, precision)
     train_s = _median_time(lambda: _train_step(model, opt, x, loss_fn, amp), iters, warmup, device)
-    del opt  # frees the optimizer state before the inference runs
+    opt.state.clear()  # frees the optimizer state before the inference runs
 
     model.eval()
 

@@ -315,11 +315,17 @@ def validate(recipe: Recipe, source: str) -> Recipe:
             raise err("routing.anneal", f"must be a fraction in [0, 1), got {r.anneal}")
     g = recipe.growth
     if g is not None:
-        prev = 0.0
+        prev, prev_depth = 0.0, None
         for i, st in enumerate(g.stages):
             if not prev < st.at < 1:
                 raise err(f"growth.stages[{i}].at", f"stages must be in increasing order within (0, 1), got {st.at}")
             prev = st.at
+            if all(v is None for v in (st.depth, st.embed_dim, st.num_heads, st.mlp_hidden, st.img_size)):
+                raise err(f"growth.stages[{i}]", "grows nothing: set depth, embed_dim, num_heads, mlp_hidden or img_size")
+            if st.depth is not None:
+                if prev_depth is not None and st.depth <= prev_depth:
+                    raise err(f"growth.stages[{i}].depth", f"growth to a smaller or equal depth ({prev_depth} -> {st.depth})")
+                prev_depth = st.depth
             if st.depth_op not in ("zero", "stack", "interpolate"):
                 raise err(f"growth.stages[{i}].depth_op", f"must be zero, stack or interpolate, got {st.depth_op!r}")
         if g.optimizer_state not in ("keep", "reset"):
@@ -337,8 +343,6 @@ def validate(recipe: Recipe, source: str) -> Recipe:
             if not prev < st.at < 1:
                 raise err(f"unfreeze.stages[{i}].at", f"stages must be in increasing order within [0, 1), got {st.at}")
             prev = st.at
-            if st.trainable_from < 0:
-                raise err(f"unfreeze.stages[{i}].trainable_from", f"must be >= 0, got {st.trainable_from}")
     return recipe
 
 

@@ -50,6 +50,7 @@ class ZooViT(nn.Module):
         embed_dim: int = 768,
         depth: int = 12,
         num_heads: int = 12,
+        head_dim: int | None = None,
         mlp_ratio: float = 4.0,
         mlp_hidden: int | None = None,
         qkv_bias: bool = True,
@@ -70,7 +71,7 @@ class ZooViT(nn.Module):
             raise ValueError("global_pool='token' needs class_token=True")
         self.model_args: dict[str, Any] = dict(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, global_pool=global_pool,
-            embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, mlp_hidden=mlp_hidden,
+            embed_dim=embed_dim, depth=depth, num_heads=num_heads, head_dim=head_dim, mlp_ratio=mlp_ratio, mlp_hidden=mlp_hidden,
             qkv_bias=qkv_bias, class_token=class_token, reg_tokens=reg_tokens, init_values=init_values,
             drop_rate=drop_rate, proj_drop_rate=proj_drop_rate, attn_drop_rate=attn_drop_rate,
             drop_path_rate=drop_path_rate, routing=routing,
@@ -104,7 +105,7 @@ class ZooViT(nn.Module):
         a = self.model_args
         dpr = drop_path_rates(a["drop_path_rate"], a["depth"])[index] if index < a["depth"] else 0.0
         kw = dict(
-            dim=a["embed_dim"], num_heads=a["num_heads"], mlp_ratio=a["mlp_ratio"], mlp_hidden=a["mlp_hidden"],
+            dim=a["embed_dim"], num_heads=a["num_heads"], head_dim=a["head_dim"], mlp_ratio=a["mlp_ratio"], mlp_hidden=a["mlp_hidden"],
             qkv_bias=a["qkv_bias"], init_values=a["init_values"], proj_drop=a["proj_drop_rate"],
             attn_drop=a["attn_drop_rate"], drop_path=dpr,
         )  # fmt: skip
