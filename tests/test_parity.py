@@ -44,9 +44,11 @@ def test_timm_weights_into_routed_model_are_function_preserving_at_capacity_1(tm
     file = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(file))
     routed = timm.create_model(
-        "zoo_vit_tiny_p16", pretrained=True, pretrained_cfg_overlay=dict(file=str(file)),
+        "zoo_vit_tiny_p16",
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(file)),
         routing={"capacity": 1.0, "layers": "every_other"},
-    ).eval()  # fmt: skip
+    ).eval()
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert (routed(x) - ref(x)).abs().max().item() <= 1e-5

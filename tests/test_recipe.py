@@ -32,12 +32,28 @@ def write(tmp_path, data) -> Path:
         ({"routing": {"capacity": [1.0, 2.0]}}, "routing.capacity[1]", "(0, 1]"),
         ({"routing": {"router": "magic"}}, "routing.router", "linear"),
         ({"routing": {"layers": "odd"}}, "routing.layers", "every_other"),
-        ({"growth": {"stages": [{"at": 0.6, "depth": 6}, {"at": 0.3, "depth": 12}]}}, "growth.stages[1].at", "increasing"),
-        ({"growth": {"stages": [{"at": 0.3, "depth": 12}, {"at": 0.6, "depth": 6}]}}, "growth.stages[1].depth", "smaller"),
+        (
+            {"growth": {"stages": [{"at": 0.6, "depth": 6}, {"at": 0.3, "depth": 12}]}},
+            "growth.stages[1].at",
+            "increasing",
+        ),
+        (
+            {"growth": {"stages": [{"at": 0.3, "depth": 12}, {"at": 0.6, "depth": 6}]}},
+            "growth.stages[1].depth",
+            "smaller",
+        ),
         ({"growth": {"stages": [{"at": 0.3}]}}, "growth.stages[0]", "grows nothing"),
         ({"unfreeze": {"mode": "sideways"}}, "unfreeze.mode", "gradual"),
-        ({"unfreeze": {"mode": "stages", "stages": [{"at": 0.5, "trainable_from": 3}, {"at": 0.2, "trainable_from": 1}]}},
-         "unfreeze.stages[1].at", "increasing"),
+        (
+            {
+                "unfreeze": {
+                    "mode": "stages",
+                    "stages": [{"at": 0.5, "trainable_from": 3}, {"at": 0.2, "trainable_from": 1}],
+                }
+            },
+            "unfreeze.stages[1].at",
+            "increasing",
+        ),
         ({"schedule": {"warmup": 1.5}}, "schedule.warmup", "[0, 1)"),
         ({"model": {"args": []}}, "model.args", "mapping"),
     ],

@@ -94,11 +94,14 @@ def test_router_receives_gradient():
     assert blk.router.weight.grad is not None and blk.router.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("routing", [
-    {"capacity": 1.0, "layers": "all"},
-    {"capacity": 1.0, "layers": "every_other", "context": "all"},
-    {"capacity": 1.0, "layers": "all", "router": "cls_attn"},
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "routing",
+    [
+        {"capacity": 1.0, "layers": "all"},
+        {"capacity": 1.0, "layers": "every_other", "context": "all"},
+        {"capacity": 1.0, "layers": "all", "router": "cls_attn"},
+    ],
+)
 def test_dense_to_routed_conversion_is_exact_at_capacity_1(routing):
     torch.manual_seed(0)
     dense = timm.create_model("zoo_vit_micro_p4").eval()
@@ -125,8 +128,9 @@ def test_resolve_route_plan():
 
 def test_static_shapes_compile_matches_eager():
     torch.manual_seed(0)
-    model = timm.create_model("zoo_vit_micro_p4", embed_dim=32, depth=2, num_heads=2,
-                              routing={"capacity": 0.25, "layers": "all"}).eval()  # fmt: skip
+    model = timm.create_model(
+        "zoo_vit_micro_p4", embed_dim=32, depth=2, num_heads=2, routing={"capacity": 0.25, "layers": "all"}
+    ).eval()
     with torch.no_grad():
         for b in model.blocks:
             b.router.weight.normal_(0, 0.5)

@@ -25,13 +25,15 @@ def assert_bitwise_equal(a: dict, b: dict):
 
 def test_short_training_clearly_beats_chance(tmp_path, fmnist):
     # 4000 images, 2 epochs of a 48-wide 2-block ViT: chance is 10%; 60% is far beyond anything a bug lets through
-    recipe = recipe_from_dict(tiny_recipe(
-        model={"args": {"embed_dim": 48, "depth": 2, "num_heads": 2}},
-        data={"train_subset": 4000, "test_subset": 1000, "batch_size": 64},
-        schedule={"steps": None, "epochs": 2, "warmup": 0.1},
-        optim={"lr": 0.003},
-        train={"log_every": 20, "eval_every": 1.0},
-    ))  # fmt: skip
+    recipe = recipe_from_dict(
+        tiny_recipe(
+            model={"args": {"embed_dim": 48, "depth": 2, "num_heads": 2}},
+            data={"train_subset": 4000, "test_subset": 1000, "batch_size": 64},
+            schedule={"steps": None, "epochs": 2, "warmup": 0.1},
+            optim={"lr": 0.003},
+            train={"log_every": 20, "eval_every": 1.0},
+        )
+    )
     res = train(recipe, tmp_path / "run", progress=False)
     assert res.final_acc >= 0.60, res
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -48,12 +50,19 @@ def test_same_seed_bitwise_equal_weights(tmp_path, fmnist):
     assert_bitwise_equal(weights(tmp_path / "a"), weights(tmp_path / "b"))
 
 
-@pytest.mark.parametrize("sections", [
-    {},
-    {"train": {"accumulation": 2, "ema": 0.9, "log_every": 1}},
-    {"routing": {"capacity": 0.5, "start": 1.0, "anneal": 0.5}, "model": {"args": {"embed_dim": 32, "depth": 2, "num_heads": 2, "drop_path_rate": 0.1}}},
-    {"unfreeze": {"mode": "gradual", "every": 0.3}},
-], ids=["plain", "accum-ema", "routing-droppath", "unfreeze"])  # fmt: skip
+@pytest.mark.parametrize(
+    "sections",
+    [
+        {},
+        {"train": {"accumulation": 2, "ema": 0.9, "log_every": 1}},
+        {
+            "routing": {"capacity": 0.5, "start": 1.0, "anneal": 0.5},
+            "model": {"args": {"embed_dim": 32, "depth": 2, "num_heads": 2, "drop_path_rate": 0.1}},
+        },
+        {"unfreeze": {"mode": "gradual", "every": 0.3}},
+    ],
+    ids=["plain", "accum-ema", "routing-droppath", "unfreeze"],
+)
 def test_resume_mid_epoch_is_bitwise_exact(tmp_path, fmnist, sections):
     # 8 steps of 64 on 512 images = one epoch; stopping after 3 resumes mid-epoch (and mid-schedule)
     recipe = recipe_from_dict(tiny_recipe(**sections))
@@ -63,7 +72,9 @@ def test_resume_mid_epoch_is_bitwise_exact(tmp_path, fmnist, sections):
     train(recipe, tmp_path / "part", resume=True, progress=False)
     assert_bitwise_equal(weights(tmp_path / "full"), weights(tmp_path / "part"))
     steps = [json.loads(x)["step"] for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
-    train_steps = [s for s, x in zip(steps, (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()) if "loss" in x]
+    train_steps = [
+        s for s, x in zip(steps, (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()) if "loss" in x
+    ]
     assert len(train_steps) == len(set(train_steps)), "each step logged once"
     assert full.final_acc == pytest.approx(json.loads((tmp_path / "part" / "result.json").read_text())["final_acc"])
 

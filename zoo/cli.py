@@ -47,10 +47,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     path = resolve_recipe_path(args.recipe)
     recipe = load_recipe(path, args.set)
     out = Path(args.out) if args.out else Path("runs") / path.stem
-    result = train(recipe, out, resume=args.resume, force=args.force, progress=not args.no_progress,
-                   stop_after=args.stop_after)  # fmt: skip
-    print(json.dumps({"out_dir": str(result.out_dir), "final_acc": result.final_acc, "steps": result.steps,
-                      "wall_clock_s": round(result.wall_clock_s, 1), "img_per_s": round(result.img_per_s, 1)}))  # fmt: skip
+    result = train(
+        recipe, out, resume=args.resume, force=args.force, progress=not args.no_progress, stop_after=args.stop_after
+    )
+    print(
+        json.dumps(
+            {
+                "out_dir": str(result.out_dir),
+                "final_acc": result.final_acc,
+                "steps": result.steps,
+                "wall_clock_s": round(result.wall_clock_s, 1),
+                "img_per_s": round(result.img_per_s, 1),
+            }
+        )
+    )
     return 0
 
 
@@ -81,7 +91,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="zoo", description="growzoo: efficient ViTs for timm (growth, unfreezing, routing)")
+    p = argparse.ArgumentParser(
+        prog="zoo", description="growzoo: efficient ViTs for timm (growth, unfreezing, routing)"
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("list", help="list zoo models and bundled recipes")
@@ -95,8 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue from the latest valid checkpoint in --out")
     s.add_argument("--force", action="store_true", help="replace a different run already in --out")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
-    s.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
-                   help="checkpoint and stop after this many steps (continue later with --resume)")
+    s.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="checkpoint and stop after this many steps (continue later with --resume)",
+    )
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("eval", help="evaluate a model (name, folder, local-dir:, hf-hub:) on a dataset's test split")

@@ -33,9 +33,16 @@ def accuracy(model, x_uint8: torch.Tensor, y: torch.Tensor, mean, std, batch_siz
 
 def evaluate_source(source: str, data: str, path: str | None = None, batch_size: int = 512, classes=None) -> dict:
     model = load_model(source)
-    bundle = build_datasets(data, path=path, classes=classes, img_size=model.model_args.get("img_size"),
-                            in_chans=model.model_args.get("in_chans"))  # fmt: skip
+    bundle = build_datasets(
+        data,
+        path=path,
+        classes=classes,
+        img_size=model.model_args.get("img_size"),
+        in_chans=model.model_args.get("in_chans"),
+    )
     check_input_fits(model, bundle, source)
     if model.num_classes != bundle.num_classes:
-        raise DataError(f"{source}: num_classes: model predicts {model.num_classes} classes, data has {bundle.num_classes}")
+        raise DataError(
+            f"{source}: num_classes: model predicts {model.num_classes} classes, data has {bundle.num_classes}"
+        )
     return accuracy(model, bundle.test_x, bundle.test_y, bundle.mean, bundle.std, batch_size)

@@ -81,9 +81,12 @@ def param_groups(
             key = (gi, no_decay, mult)
             if key not in out:
                 out[key] = dict(
-                    params=[], names=[], layer_group=gi, lr_scale=scales[gi] * mult,
+                    params=[],
+                    names=[],
+                    layer_group=gi,
+                    lr_scale=scales[gi] * mult,
                     weight_decay=0.0 if no_decay else weight_decay,
-                )  # fmt: skip
+                )
             out[key]["params"].append(p)
             out[key]["names"].append(n)
     return list(out.values())

@@ -130,8 +130,14 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
     if missing:
         raise ModelLoadError(source, "weights", f"missing keys: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     if unexpected:
-        raise ModelLoadError(source, "weights", f"unknown keys: {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-    bad = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items() if v.shape != state[k].shape]
+        raise ModelLoadError(
+            source, "weights", f"unknown keys: {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
+        )
+    bad = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in own.items()
+        if v.shape != state[k].shape
+    ]
     if bad:
         raise ModelLoadError(source, "weights", "shape mismatch with config: " + "; ".join(bad[:3]))
     model.load_state_dict(state, strict=True)

@@ -93,7 +93,7 @@ class TrainConfig:
 
 @dataclass
 class RoutingConfig:
-    """Routed blocks and a capacity schedule: capacity goes from ``start`` to ``capacity`` over ``anneal`` of training."""
+    """Routed blocks and a capacity schedule: from ``start`` to ``capacity`` over the first ``anneal`` of training."""
 
     capacity: float | list[float | None] = 0.5
     layers: str | list[int] = "every_other"
@@ -291,7 +291,9 @@ def validate(recipe: Recipe, source: str) -> Recipe:
     if recipe.train.ema is not None and not 0 < recipe.train.ema < 1:
         raise err("train.ema", f"must be in (0, 1), got {recipe.train.ema}")
     if recipe.train.grad_checkpointing not in (None, "full", "selective"):
-        raise err("train.grad_checkpointing", f"must be null, 'full' or 'selective', got {recipe.train.grad_checkpointing!r}")
+        raise err(
+            "train.grad_checkpointing", f"must be null, 'full' or 'selective', got {recipe.train.grad_checkpointing!r}"
+        )
     if recipe.data.batch_size < 1:
         raise err("data.batch_size", f"must be >= 1, got {recipe.data.batch_size}")
     if recipe.data.batch_size % recipe.train.accumulation:
@@ -321,10 +323,14 @@ def validate(recipe: Recipe, source: str) -> Recipe:
                 raise err(f"growth.stages[{i}].at", f"stages must be in increasing order within (0, 1), got {st.at}")
             prev = st.at
             if all(v is None for v in (st.depth, st.embed_dim, st.num_heads, st.mlp_hidden, st.img_size)):
-                raise err(f"growth.stages[{i}]", "grows nothing: set depth, embed_dim, num_heads, mlp_hidden or img_size")
+                raise err(
+                    f"growth.stages[{i}]", "grows nothing: set depth, embed_dim, num_heads, mlp_hidden or img_size"
+                )
             if st.depth is not None:
                 if prev_depth is not None and st.depth <= prev_depth:
-                    raise err(f"growth.stages[{i}].depth", f"growth to a smaller or equal depth ({prev_depth} -> {st.depth})")
+                    raise err(
+                        f"growth.stages[{i}].depth", f"growth to a smaller or equal depth ({prev_depth} -> {st.depth})"
+                    )
                 prev_depth = st.depth
             if st.depth_op not in ("zero", "stack", "interpolate"):
                 raise err(f"growth.stages[{i}].depth_op", f"must be zero, stack or interpolate, got {st.depth_op!r}")

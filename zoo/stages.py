@@ -114,8 +114,11 @@ class StagePlan:
         if u is not None:
             for i, s in enumerate(u.stages):
                 if not -G <= s.trainable_from < G:
-                    raise RecipeError("recipe", f"unfreeze.stages[{i}].trainable_from",
-                                      f"{s.trainable_from} out of range: the model has {G} layer groups")  # fmt: skip
+                    raise RecipeError(
+                        "recipe",
+                        f"unfreeze.stages[{i}].trainable_from",
+                        f"{s.trainable_from} out of range: the model has {G} layer groups",
+                    )
             if u.start_groups > G:
                 raise RecipeError("recipe", "unfreeze.start_groups", f"{u.start_groups} > {G} layer groups")
 

@@ -58,7 +58,9 @@ def prepare_out_dir(out: Path, recipe: Recipe, resume: bool, force: bool) -> boo
     saved = (out / "manifest.json").read_text() if (out / "manifest.json").exists() else "{}"
     same = json.loads(saved).get("recipe_hash") == recipe_hash(recipe.to_dict())
     if not resume:
-        raise RecipeError(str(out), "--out", "already holds a run; pass --resume to continue it or --force to replace it")
+        raise RecipeError(
+            str(out), "--out", "already holds a run; pass --resume to continue it or --force to replace it"
+        )
     if not same:
         raise RecipeError(str(out), "--out", "holds a run of a different recipe; refusing to resume it with this one")
     return True
@@ -151,15 +153,32 @@ def train(
     torch.use_deterministic_algorithms(True, warn_only=True)
 
     d = recipe.data
-    bundle = build_datasets(d.name, path=d.path, classes=d.classes, train_subset=d.train_subset,
-                            test_subset=d.test_subset, img_size=d.img_size, in_chans=d.in_chans)  # fmt: skip
+    bundle = build_datasets(
+        d.name,
+        path=d.path,
+        classes=d.classes,
+        train_subset=d.train_subset,
+        test_subset=d.test_subset,
+        img_size=d.img_size,
+        in_chans=d.in_chans,
+    )
     micro = d.batch_size // (acc.num_processes * recipe.train.accumulation)
     if micro < 1 or d.batch_size % (acc.num_processes * recipe.train.accumulation):
         raise RecipeError("recipe", "data.batch_size", f"{d.batch_size} must be divisible by processes x accumulation")
-    train_loader = acc.prepare(make_loader(bundle.train_x, bundle.train_y, micro, shuffle=True, seed=recipe.train.seed,
-                                           drop_last=True, num_workers=d.num_workers))  # fmt: skip
-    eval_loader = acc.prepare(make_loader(bundle.test_x, bundle.test_y, d.eval_batch_size, shuffle=False,
-                                          seed=0, drop_last=False))  # fmt: skip
+    train_loader = acc.prepare(
+        make_loader(
+            bundle.train_x,
+            bundle.train_y,
+            micro,
+            shuffle=True,
+            seed=recipe.train.seed,
+            drop_last=True,
+            num_workers=d.num_workers,
+        )
+    )
+    eval_loader = acc.prepare(
+        make_loader(bundle.test_x, bundle.test_y, d.eval_batch_size, shuffle=False, seed=0, drop_last=False)
+    )
     steps_per_epoch = len(train_loader) // recipe.train.accumulation
     if steps_per_epoch < 1:
         raise RecipeError("recipe", "data.batch_size", "larger than the training set")
@@ -193,8 +212,9 @@ def train(
     log = MetricsLog(out / "metrics.jsonl", main)
     if main:
         (out / "recipe.yaml").write_text(dump_recipe(recipe))
-        manifest = collect_manifest(recipe.to_dict(), seed=recipe.train.seed,
-                                    extra={"num_processes": acc.num_processes, "total_steps": total})  # fmt: skip
+        manifest = collect_manifest(
+            recipe.to_dict(), seed=recipe.train.seed, extra={"num_processes": acc.num_processes, "total_steps": total}
+        )
         if not resuming:
             write_json_atomic(out / "manifest.json", manifest)
         log.truncate_after(start_step)
@@ -261,9 +281,16 @@ def train(
             if step % recipe.train.log_every == 0 or step == total:
                 loss_val = acc.gather(loss_sum.reshape(1)).mean().item()
                 ips = seen / max(time.perf_counter() - t0, 1e-9)
-                rec = {"step": step, "epoch": step / steps_per_epoch, "loss": loss_val, "lr": recipe.optim.lr * factor,
-                       "img_per_s": ips, "time_s": time.perf_counter() - t0, "skipped_nonfinite": skipped_nonfinite}
-                log.write(rec)  # fmt: skip
+                rec = {
+                    "step": step,
+                    "epoch": step / steps_per_epoch,
+                    "loss": loss_val,
+                    "lr": recipe.optim.lr * factor,
+                    "img_per_s": ips,
+                    "time_s": time.perf_counter() - t0,
+                    "skipped_nonfinite": skipped_nonfinite,
+                }
+                log.write(rec)
                 bar.set_postfix(loss=f"{loss_val:.3f}", acc=f"{last['eval_acc']:.3f}", ips=f"{ips:.0f}")
                 if recipe.train.tracker:
                     acc.log(rec, step=step)
@@ -278,8 +305,14 @@ def train(
                 save_checkpoint(acc, model, ema, ckpt_dir, step, plan, recipe)
             if stopping and step < total:
                 bar.close()
-                return RunResult(out, last["eval_acc"], last["eval_loss"], step, time.perf_counter() - t0,
-                                 seen / max(time.perf_counter() - t0, 1e-9))  # fmt: skip
+                return RunResult(
+                    out,
+                    last["eval_acc"],
+                    last["eval_loss"],
+                    step,
+                    time.perf_counter() - t0,
+                    seen / max(time.perf_counter() - t0, 1e-9),
+                )
             if step >= total:
                 break
     bar.close()
@@ -287,8 +320,14 @@ def train(
     final_model = ema.module if ema is not None else acc.unwrap_model(model)
     if main:
         save_model_folder(final_model, out / "model", metadata={"recipe_hash": recipe_hash(recipe.to_dict())})
-        summary = {"final_acc": last["eval_acc"], "final_loss": last["eval_loss"], "steps": total,
-                   "wall_clock_s": wall, "img_per_s": seen / max(wall, 1e-9), "resumed_from": start_step}  # fmt: skip
+        summary = {
+            "final_acc": last["eval_acc"],
+            "final_loss": last["eval_loss"],
+            "steps": total,
+            "wall_clock_s": wall,
+            "img_per_s": seen / max(wall, 1e-9),
+            "resumed_from": start_step,
+        }
         write_json_atomic(out / "result.json", summary)
     acc.wait_for_everyone()
     if recipe.train.tracker:

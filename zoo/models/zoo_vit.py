@@ -70,12 +70,26 @@ class ZooViT(nn.Module):
         if global_pool == "token" and not class_token:
             raise ValueError("global_pool='token' needs class_token=True")
         self.model_args: dict[str, Any] = dict(
-            img_size=img_size, patch_size=patch_size, in_chans=in_chans, global_pool=global_pool,
-            embed_dim=embed_dim, depth=depth, num_heads=num_heads, head_dim=head_dim, mlp_ratio=mlp_ratio, mlp_hidden=mlp_hidden,
-            qkv_bias=qkv_bias, class_token=class_token, reg_tokens=reg_tokens, init_values=init_values,
-            drop_rate=drop_rate, proj_drop_rate=proj_drop_rate, attn_drop_rate=attn_drop_rate,
-            drop_path_rate=drop_path_rate, routing=routing,
-        )  # fmt: skip
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            global_pool=global_pool,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            head_dim=head_dim,
+            mlp_ratio=mlp_ratio,
+            mlp_hidden=mlp_hidden,
+            qkv_bias=qkv_bias,
+            class_token=class_token,
+            reg_tokens=reg_tokens,
+            init_values=init_values,
+            drop_rate=drop_rate,
+            proj_drop_rate=proj_drop_rate,
+            attn_drop_rate=attn_drop_rate,
+            drop_path_rate=drop_path_rate,
+            routing=routing,
+        )
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
@@ -105,10 +119,17 @@ class ZooViT(nn.Module):
         a = self.model_args
         dpr = drop_path_rates(a["drop_path_rate"], a["depth"])[index] if index < a["depth"] else 0.0
         kw = dict(
-            dim=a["embed_dim"], num_heads=a["num_heads"], head_dim=a["head_dim"], mlp_ratio=a["mlp_ratio"], mlp_hidden=a["mlp_hidden"],
-            qkv_bias=a["qkv_bias"], init_values=a["init_values"], proj_drop=a["proj_drop_rate"],
-            attn_drop=a["attn_drop_rate"], drop_path=dpr,
-        )  # fmt: skip
+            dim=a["embed_dim"],
+            num_heads=a["num_heads"],
+            head_dim=a["head_dim"],
+            mlp_ratio=a["mlp_ratio"],
+            mlp_hidden=a["mlp_hidden"],
+            qkv_bias=a["qkv_bias"],
+            init_values=a["init_values"],
+            proj_drop=a["proj_drop_rate"],
+            attn_drop=a["attn_drop_rate"],
+            drop_path=dpr,
+        )
         if capacity is None:
             return Block(**kw)
         r = a["routing"] or {}
@@ -288,9 +309,12 @@ class ZooViT(nn.Module):
         if new_grid != old_grid:
             with torch.no_grad():
                 pe = resample_abs_pos_embed(
-                    self.pos_embed.data, new_size=new_grid, old_size=old_grid,
-                    num_prefix_tokens=self.num_prefix_tokens, verbose=False,
-                )  # fmt: skip
+                    self.pos_embed.data,
+                    new_size=new_grid,
+                    old_size=old_grid,
+                    num_prefix_tokens=self.num_prefix_tokens,
+                    verbose=False,
+                )
             self.pos_embed = nn.Parameter(pe)
         self.model_args["img_size"] = img_size
 
@@ -304,9 +328,12 @@ def checkpoint_filter_fn(state_dict: dict, model: ZooViT) -> dict:
     if pe is not None and pe.shape != own["pos_embed"].shape:
         old = int(math.isqrt(pe.shape[1] - model.num_prefix_tokens))
         state_dict["pos_embed"] = resample_abs_pos_embed(
-            pe, new_size=model.patch_embed.grid_size, old_size=(old, old),
-            num_prefix_tokens=model.num_prefix_tokens, verbose=False,
-        )  # fmt: skip
+            pe,
+            new_size=model.patch_embed.grid_size,
+            old_size=(old, old),
+            num_prefix_tokens=model.num_prefix_tokens,
+            verbose=False,
+        )
     for k, v in own.items():
         if ".router." in k and k not in state_dict:
             state_dict[k] = v
