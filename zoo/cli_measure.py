@@ -35,6 +35,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
+    register_profile(sub)
+    register_bench(sub)
+
+
+def register_profile(sub) -> None:
     s = sub.add_parser("profile", help="FLOPs, peak memory, throughput and MFU of a model or recipe")
     s.add_argument("target", help="model name, folder, local-dir:/hf-hub: id, or recipe .yaml")
     s.add_argument("--batch", type=int, default=32)
@@ -43,3 +48,38 @@ def register(sub) -> None:
     s.add_argument("--iters", type=int, default=10)
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(fn=cmd_profile)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from zoo.manifest import collect_manifest, write_json_atomic
+    from zoo.suites import SUITES
+
+    if args.suite not in SUITES:
+        raise ValueError(f"zoo bench: suite: unknown suite {args.suite!r} (available: {', '.join(sorted(SUITES))})")
+    out = Path(args.out or f"runs/bench/{args.suite}{'-quick' if args.quick else ''}")
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    summary = SUITES[args.suite](quick=args.quick, out=out, seeds=seeds, allow_mismatch=args.allow_mismatch)
+    summary = {"suite": args.suite, "quick": args.quick, **summary, "manifest": collect_manifest(extra={"arm": None})}
+    write_json_atomic(out / "summary.json", summary)
+    headline = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool)) and k != "quick"}
+    if args.json:
+        print(json.dumps({k: v for k, v in summary.items() if k != "manifest"}, default=str))
+    else:
+        for k, v in headline.items():
+            print(f"{k:>24}: {v:.3f}" if isinstance(v, float) else f"{k:>24}: {v}")
+        print(f"full results: {out / 'summary.json'}")
+    return 0
+
+
+def register_bench(sub) -> None:
+    s = sub.add_parser("bench", help="run a benchmark suite (precision, overhead, routing, ...) and report ratios")
+    s.add_argument("suite")
+    s.add_argument("--quick", action="store_true", help="reduced version (~2 minutes) that still measures real ratios")
+    s.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    s.add_argument("--seeds", default="0,1,2", help="seeds for multi-seed training arms (full suites)")
+    s.add_argument("--out", default=None, help="results folder (default runs/bench/SUITE)")
+    s.add_argument("--allow-mismatch", action="store_true", help="compare runs whose manifests differ")
+    s.set_defaults(fn=cmd_bench)

@@ -1,0 +1,148 @@
+"""Benchmark suites, declared in one place. Each suite measures side by side in one run and returns a JSON-safe
+summary whose headline keys the issues name (``bf16_speedup``, ``step_time_ratio``, ``train_speedup``, ...).
+
+``quick`` suites take about two minutes and still measure real ratios (fewer rounds, fewer configurations, no
+multi-seed training); full suites add the configurations and the multi-seed accuracy arms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import timm
+import torch
+
+from zoo.bench import Arm, interleaved_times, median, run_arms, speedup
+from zoo.steps import infer_step_fn, train_step_fn
+
+SUITES: dict[str, Callable[..., dict]] = {}
+
+
+def suite(name: str):
+    def deco(fn):
+        SUITES[name] = fn
+        return fn
+
+    return deco
+
+
+def _model(name: str, **kwargs):
+    torch.manual_seed(0)
+    return timm.create_model(name, **kwargs)
+
+
+def _arms_report(records: list[dict], baseline: str, out: Path) -> dict:
+    """Statistics, markdown and plot for multi-seed arms (written to ``out``)."""
+    from zoo.report import arms_markdown, plot_arms, summarize_arms
+
+    summary = summarize_arms(records, baseline=baseline)
+    (out / "arms.md").write_text(arms_markdown(summary) + "\n")
+    try:
+        plot_arms(records, out / "arms.png")
+    except ImportError as e:  # plots are an extra; the numbers stand without them
+        print(f"note: {e}")
+    return {"arms": summary}
+
+
+# ---------------------------------------------------------------------------------------------------- precision
+@suite("precision")
+def precision_suite(quick: bool, out: Path, seeds: list[int], allow_mismatch: bool = False) -> dict:
+    """fp32 vs bf16 train step: ViT-S/16 at batch 16 (where bf16 pays on this CPU) and the CPU-sized micro model."""
+    rounds = 3 if quick else 10
+    res: dict = {}
+    for label, name, batch in [("small_p16_b16", "zoo_vit_small_p16", 16), ("micro_p4_b128", "zoo_vit_micro_p4", 128)]:
+        fns = {p: train_step_fn(_model(name), batch, p) for p in ("fp32", "bf16")}
+        t = interleaved_times(fns, rounds=rounds, warmup=1, progress=f"precision {label}")
+        res[label] = {
+            "fp32_s": median(t["fp32"]),
+            "bf16_s": median(t["bf16"]),
+            "bf16_speedup": speedup(t, "fp32", "bf16"),
+        }
+    res["bf16_speedup"] = res["small_p16_b16"]["bf16_speedup"]
+    if not quick:
+        arms = [Arm("fp32", "fmnist_micro_dense", ["train.precision=fp32"]),
+                Arm("bf16", "fmnist_micro_dense", ["train.precision=bf16"])]  # fmt: skip
+        res.update(_arms_report(run_arms(arms, seeds, out / "runs", allow_mismatch=allow_mismatch), "fp32", out))
+    return res
+
+
+# ----------------------------------------------------------------------------------------------------- overhead
+@suite("overhead")
+def overhead_suite(quick: bool, out: Path, seeds: list[int], allow_mismatch: bool = False) -> dict:
+    """Zoo dense ViT vs timm's VisionTransformer of the same shape: train step time ratio (zoo / timm)."""
+    rounds = 5 if quick else 15
+    configs = [("small_p16_b8", "zoo_vit_small_p16", "vit_small_patch16_224", {}, 8)]
+    if not quick:
+        configs.append(("micro_p4_b128", "zoo_vit_micro_p4", "vit_small_patch16_224",
+                        dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=96, depth=6,
+                             num_heads=3), 128))  # fmt: skip
+    res: dict = {}
+    for label, zoo_name, timm_name, timm_kwargs, batch in configs:
+        zm, tm = _model(zoo_name), _model(timm_name, **timm_kwargs)
+        tm.model_args = zm.model_args  # the step builder reads the input shape from model_args
+        fns = {"zoo": train_step_fn(zm, batch), "timm": train_step_fn(tm, batch)}
+        t = interleaved_times(fns, rounds=rounds, warmup=2, progress=f"overhead {label}")
+        res[label] = {
+            "zoo_s": median(t["zoo"]),
+            "timm_s": median(t["timm"]),
+            "step_time_ratio": speedup(t, "timm", "zoo") ** -1,
+        }
+    res["step_time_ratio"] = res["small_p16_b8"]["step_time_ratio"]
+    return res
+
+
+# ------------------------------------------------------------------------------------------------------ routing
+def _flops(model, batch: int, train: bool) -> int:
+    import torch.nn.functional as F
+
+    from zoo.flops import count_flops
+    from zoo.steps import random_batch
+
+    x, y = random_batch(model, batch)
+    loss_fn = (lambda out: F.cross_entropy(out, y)) if train else None
+    return count_flops(model.train() if train else model.eval(), x, loss_fn=loss_fn)[0]
+
+
+@suite("routing")
+def routing_suite(quick: bool, out: Path, seeds: list[int], allow_mismatch: bool = False) -> dict:
+    """Routed vs dense ViT-Ti/16 shape (192 wide, 12 blocks, 196 patch tokens): every other block routed."""
+    capacities = [0.25] if quick else [0.5, 0.25, 0.125]
+    batches = [1, 128] if quick else [1, 32, 128]
+    rounds = 3 if quick else 8
+    name = "zoo_vit_tiny_p16"
+    res: dict = {"model": name, "configs": []}
+    for cap in capacities:
+        routing = {"capacity": cap, "layers": "every_other"}
+        flops_ratio = _flops(_model(name), 1, train=False) / _flops(_model(name, routing=routing), 1, train=False)
+        train_flops_ratio = _flops(_model(name), 2, train=True) / _flops(_model(name, routing=routing), 2, train=True)
+        for batch in batches:
+            row = {"capacity": cap, "batch": batch, "flops_ratio": flops_ratio, "train_flops_ratio": train_flops_ratio}
+            infer = {
+                "dense": infer_step_fn(_model(name), batch),
+                "routed": infer_step_fn(_model(name, routing=routing), batch),
+            }
+            t = interleaved_times(
+                infer, rounds=rounds * (3 if batch == 1 else 1), warmup=2, progress=f"infer c{cap} b{batch}"
+            )
+            row["infer_speedup"] = speedup(t, "dense", "routed")
+            if batch > 1:
+                tr = {
+                    "dense": train_step_fn(_model(name), batch),
+                    "routed": train_step_fn(_model(name, routing=routing), batch),
+                }
+                t = interleaved_times(tr, rounds=rounds, warmup=1, progress=f"train c{cap} b{batch}")
+                row["train_speedup"] = speedup(t, "dense", "routed")
+                row["train_vs_flops"] = row["train_speedup"] / train_flops_ratio
+            row["infer_vs_flops"] = row["infer_speedup"] / flops_ratio
+            res["configs"].append(row)
+    head = next(r for r in res["configs"] if r["capacity"] == 0.25 and r["batch"] == 128)
+    b1 = next(r for r in res["configs"] if r["capacity"] == 0.25 and r["batch"] == 1)
+    res.update(train_speedup=head["train_speedup"], infer_speedup=head["infer_speedup"],
+               infer_speedup_b1=b1["infer_speedup"], flops_ratio=head["flops_ratio"])  # fmt: skip
+    if not quick:
+        arms = [Arm("dense", "fmnist_micro_dense")] + [
+            Arm(f"routed_c{c}", "fmnist_micro_routed", [f"routing.capacity={c}"]) for c in capacities
+        ]
+        res.update(_arms_report(run_arms(arms, seeds, out / "runs", allow_mismatch=allow_mismatch), "dense", out))
+    return res
