@@ -64,6 +64,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     summary = SUITES[args.suite](quick=args.quick, out=out, seeds=seeds, allow_mismatch=args.allow_mismatch)
     summary = {"suite": args.suite, "quick": args.quick, **summary, "manifest": collect_manifest(extra={"arm": None})}
     write_json_atomic(out / "summary.json", summary)
+    if args.update_readme:
+        from zoo.readme import bench_markdown, update_readme
+
+        update_readme(Path(args.update_readme), f"bench-{args.suite}", bench_markdown(summary))
     headline = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool)) and k != "quick"}
     if args.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "manifest"}, default=str))
@@ -82,4 +86,10 @@ def register_bench(sub) -> None:
     s.add_argument("--seeds", default="0,1,2", help="seeds for multi-seed training arms (full suites)")
     s.add_argument("--out", default=None, help="results folder (default runs/bench/SUITE)")
     s.add_argument("--allow-mismatch", action="store_true", help="compare runs whose manifests differ")
+    s.add_argument(
+        "--update-readme",
+        metavar="README",
+        default=None,
+        help="rewrite the <!-- bench-SUITE --> section of this README with the results",
+    )
     s.set_defaults(fn=cmd_bench)

@@ -37,12 +37,13 @@ def _arms_report(records: list[dict], baseline: str, out: Path) -> dict:
     from zoo.report import arms_markdown, plot_arms, summarize_arms
 
     summary = summarize_arms(records, baseline=baseline)
-    (out / "arms.md").write_text(arms_markdown(summary) + "\n")
+    md = arms_markdown(summary)
+    (out / "arms.md").write_text(md + "\n")
     try:
         plot_arms(records, out / "arms.png")
     except ImportError as e:  # plots are an extra; the numbers stand without them
         print(f"note: {e}")
-    return {"arms": summary}
+    return {"arms": summary, "arms_markdown": md}
 
 
 # ---------------------------------------------------------------------------------------------------- precision

@@ -33,7 +33,7 @@ from zoo.recipe import Recipe, RecipeError, dump_recipe
 from zoo.schedule import lr_factor
 from zoo.stages import StagePlan, apply_structure, build_model, build_optimizer, set_numbers
 
-RUN_FILES = ("recipe.yaml", "manifest.json", "metrics.jsonl")
+RUN_FILES = ("recipe.yaml", "manifest.json", "metrics.jsonl", "result.json", "precision.json")
 
 
 @dataclass
@@ -66,8 +66,7 @@ def prepare_out_dir(out: Path, recipe: Recipe, resume: bool, force: bool) -> boo
     return True
 
 
-def make_accelerator(recipe: Recipe, out: Path) -> Accelerator:
-    precision = recipe.train.precision
+def make_accelerator(recipe: Recipe, out: Path, precision: str) -> Accelerator:
     cuda = torch.cuda.is_available()
     if precision == "fp16" and not cuda:
         raise RecipeError("recipe", "train.precision", "fp16 needs a CUDA GPU (Accelerate ignores it on CPU); use bf16")
@@ -88,6 +87,27 @@ def make_accelerator(recipe: Recipe, out: Path) -> Accelerator:
             "`ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N -m zoo.cli train ...` so the processes form one group"
         )
     return acc
+
+
+def resolve_precision(recipe: Recipe, bundle, out: Path, resuming: bool) -> str:
+    """The recipe's precision; for ``auto``, measured once and recorded so a resumed run keeps the same choice."""
+    if recipe.train.precision != "auto":
+        return recipe.train.precision
+    record = out / "precision.json"
+    if resuming and record.exists():
+        return json.loads(record.read_text())["precision"]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise RecipeError("recipe", "train.precision", "auto is measured in a single process; set fp32 or bf16")
+    from zoo.precision import choose_precision
+    from zoo.stages import build_model
+
+    set_seed(recipe.train.seed)
+    micro = recipe.data.batch_size // recipe.train.accumulation
+    choice, ratio = choose_precision(build_model(recipe, bundle), micro)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(record, {"precision": choice, "measured_bf16_speedup": ratio, "micro_batch": micro})
+    print(f"precision auto: bf16 step {ratio:.2f}x fp32 at micro-batch {micro} -> {choice}")
+    return choice
 
 
 class MetricsLog:
@@ -147,11 +167,6 @@ def train(
     """
     out = Path(out)
     resuming = prepare_out_dir(out, recipe, resume, force)
-    acc = make_accelerator(recipe, out)
-    main = acc.is_main_process
-    set_seed(recipe.train.seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-
     d = recipe.data
     bundle = build_datasets(
         d.name,
@@ -162,6 +177,11 @@ def train(
         img_size=d.img_size,
         in_chans=d.in_chans,
     )
+    precision = resolve_precision(recipe, bundle, out, resuming)
+    acc = make_accelerator(recipe, out, precision)
+    main = acc.is_main_process
+    set_seed(recipe.train.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
     micro = d.batch_size // (acc.num_processes * recipe.train.accumulation)
     if micro < 1 or d.batch_size % (acc.num_processes * recipe.train.accumulation):
         raise RecipeError("recipe", "data.batch_size", f"{d.batch_size} must be divisible by processes x accumulation")
