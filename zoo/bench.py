@@ -4,14 +4,14 @@ Two kinds of measurement, both reported as ratios taken in one run:
 - ``interleaved_times``: step functions timed round-robin (A, B, C, A, B, C, ...) after warm-up, so drift in machine
   load hits every arm alike; medians are compared.
 - ``run_arms``: each arm is a recipe plus overrides, trained for several seeds, each run in its own subprocess (so
-  its peak RSS is its own, read with ``wait4``), with its manifest. Manifests must agree in everything but the arm
+  its peak memory is its own: the run records its VmHWM, which a fresh ``exec`` resets, unlike ``ru_maxrss``, which
+  inherits the forking parent's high-water mark), with its manifest. Manifests must agree in everything but the arm
   and seed, or the comparison is refused.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from zoo.manifest import compare_manifests, write_json_atomic
+from zoo.manifest import compare_manifests
 
 
 def interleaved_times(
@@ -67,13 +67,10 @@ class Arm:
     overrides: list[str] = field(default_factory=list)
 
 
-def _run_subprocess(cmd: list[str], log: Path) -> tuple[int, int]:
-    """Run a command with output to ``log``; returns (exit code, peak RSS bytes of that child alone)."""
+def _run_subprocess(cmd: list[str], log: Path) -> int:
+    """Run a command with its output in ``log``; returns the exit code."""
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, int(usage.ru_maxrss) * 1024  # Linux reports KiB
+        return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
 
 
 def eval_curve(run_dir: Path) -> list[list[float]]:
@@ -100,7 +97,6 @@ def run_arms(
     for arm, seed in tqdm(jobs, desc="bench runs"):
         run_dir = out / arm.name / f"seed{seed}"
         result_file = run_dir / "result.json"
-        peak = None
         if not result_file.exists():
             run_dir.mkdir(parents=True, exist_ok=True)
             sets = [*arm.overrides, *(extra_overrides or []), f"train.seed={seed}"]
@@ -108,15 +104,13 @@ def run_arms(
             cmd += [x for s in sets for x in ("--set", s)]
             if (run_dir / "recipe.yaml").exists():
                 cmd.append("--resume")
-            rc, peak = _run_subprocess(cmd, run_dir.parent / f"seed{seed}.log")
+            rc = _run_subprocess(cmd, run_dir.parent / f"seed{seed}.log")
             if rc != 0:
                 raise RuntimeError(
                     f"arm {arm.name} seed {seed} failed (exit {rc}); see {run_dir.parent}/seed{seed}.log"
                 )
-            write_json_atomic(run_dir / "peak_rss.json", {"peak_rss_bytes": peak})
         result = json.loads(result_file.read_text())
-        peak_file = run_dir / "peak_rss.json"
-        peak = json.loads(peak_file.read_text())["peak_rss_bytes"] if peak_file.exists() else None
+        peak = result.get("peak_cuda_bytes") or result.get("peak_rss_bytes")
         records.append(
             {
                 "arm": arm.name,

@@ -347,6 +347,7 @@ def train(
             "wall_clock_s": wall,
             "img_per_s": seen / max(wall, 1e-9),
             "resumed_from": start_step,
+            **peak_memory(),
         }
         write_json_atomic(out / "result.json", summary)
     acc.wait_for_everyone()
@@ -366,6 +367,20 @@ def save_checkpoint(acc: Accelerator, model, ema, ckpt_dir: Path, step: int, pla
         state = {"step": step, "stage": plan.describe(step), "recipe_hash": recipe_hash(recipe.to_dict())}
         ckpt.finalize(tmp, ckpt_dir, step, state, recipe.train.keep_checkpoints)
     acc.wait_for_everyone()
+
+
+def peak_memory() -> dict:
+    """This process's peak memory: CUDA peak allocated, and on Linux the RSS high-water mark (VmHWM), which an exec
+    resets (unlike ``ru_maxrss``, which a child inherits from the process that forked it)."""
+    res = {}
+    if torch.cuda.is_available():
+        res["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
+    try:
+        with open("/proc/self/status") as f:
+            res["peak_rss_bytes"] = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        pass
+    return res
 
 
 def _finite_everywhere(acc: Accelerator, loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
