@@ -136,16 +136,20 @@ def count_flops(
 
 
 # ----------------------------------------------------------------------------------------------------- analytical
-def vit_block_flops(tokens: int, dim: int, mlp_hidden: int, kv_tokens: int | None = None) -> int:
+def vit_block_flops(
+    tokens: int, dim: int, mlp_hidden: int, kv_tokens: int | None = None, attn_dim: int | None = None
+) -> int:
     """Forward matmul FLOPs of one pre-norm ViT block for one image.
 
     ``tokens`` queries attend to ``kv_tokens`` keys/values (default: the same tokens). Counts qkv (q over the
-    queries, k and v over the keys), QK^T and AV (summed over heads: H*Dh = dim), the output projection, fc1, fc2.
+    queries, k and v over the keys), QK^T and AV (summed over heads), the output projection, fc1 and fc2.
+    ``attn_dim`` = num_heads * head_dim, the attention width (default ``dim``; differs after head growth).
     """
     t, m = tokens, tokens if kv_tokens is None else kv_tokens
-    qkv = 2 * t * dim * dim + 2 * m * dim * 2 * dim
-    attn = 2 * t * m * dim + 2 * t * m * dim  # QK^T and AV
-    proj = 2 * t * dim * dim
+    a = dim if attn_dim is None else attn_dim
+    qkv = 2 * t * dim * a + 2 * m * dim * 2 * a
+    attn = 2 * t * m * a + 2 * t * m * a  # QK^T and AV
+    proj = 2 * t * a * dim
     mlp = 2 * t * dim * mlp_hidden + 2 * t * mlp_hidden * dim
     return qkv + attn + proj + mlp
 
@@ -166,6 +170,7 @@ def analytical_vit_flops(
     in_chans: int,
     batch: int,
     num_prefix_tokens: int = 1,
+    attn_dim: int | None = None,
 ) -> int:
     """Forward matmul FLOPs (2*M*N*K per matmul) of a dense timm-style ViT for a whole batch.
 
@@ -179,13 +184,14 @@ def analytical_vit_flops(
         in_chans: input channels.
         batch: images per batch.
         num_prefix_tokens: CLS + register tokens, which do not come from the patch embedding.
+        attn_dim: attention width num_heads * head_dim when it differs from ``dim`` (models with ``head_dim``).
 
     Returns:
         FLOPs of patch embedding + depth * (qkv, QK^T, AV, proj, fc1, fc2) + head.
     """
     num_patches = tokens - num_prefix_tokens
     per_image = _stem_and_head_flops(dim, num_patches, num_classes, patch_size, in_chans)
-    per_image += depth * vit_block_flops(tokens, dim, mlp_hidden)
+    per_image += depth * vit_block_flops(tokens, dim, mlp_hidden, attn_dim=attn_dim)
     return batch * per_image
 
 
@@ -203,6 +209,7 @@ def analytical_routed_vit_flops(
     num_prefix_tokens: int = 1,
     linear_router: bool = True,
     context: str = "selected",
+    attn_dim: int | None = None,
 ) -> int:
     """Forward matmul FLOPs of a token-routed ViT (``zoo.routing.RoutedBlock``) for a whole batch.
 
@@ -222,9 +229,10 @@ def analytical_routed_vit_flops(
     for i in range(depth):
         if i in routed:
             sel = num_prefix_tokens + k
-            per_image += vit_block_flops(sel, dim, mlp_hidden, kv_tokens=tokens if context == "all" else None)
+            kv = tokens if context == "all" else None
+            per_image += vit_block_flops(sel, dim, mlp_hidden, kv_tokens=kv, attn_dim=attn_dim)
             if linear_router:
                 per_image += 2 * num_patches * dim
         else:
-            per_image += vit_block_flops(tokens, dim, mlp_hidden)
+            per_image += vit_block_flops(tokens, dim, mlp_hidden, attn_dim=attn_dim)
     return batch * per_image

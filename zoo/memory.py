@@ -18,7 +18,6 @@ SAVE_OPS = {
     _aten.mm.default,
     _aten.addmm.default,
     _aten.bmm.default,
-    _aten.linear.default,
     _aten._scaled_dot_product_flash_attention_for_cpu.default,
     _aten._scaled_dot_product_efficient_attention.default,
     _aten._scaled_dot_product_flash_attention.default,

@@ -617,7 +617,7 @@ def format_profile(result: dict) -> str:
     b = r["batch"]
     mb = r["mem_breakdown"]
     lines = [
-        f"{r['model']}: batch {b} x {c}x{h}x{w}, {r['precision']} on {r['device']} ({r['threads']} threads)",
+        f"{r['model']}: batch {b} x {c}x{h}x{w}, {r['precision']} on {r['device']} (threads={r['threads']})",
         f"  params       {_si(r['params'])} ({_si(r['trainable_params'])} trainable)",
         f"  FLOPs        forward {_si(r['flops_fwd'], 'FLOP')}/batch ({_si(r['flops_fwd'] / b, 'FLOP')}/img), "
         f"train step {_si(r['flops_train_step'], 'FLOP')}/batch (fwd+bwd, optimizer negligible)",

@@ -54,7 +54,8 @@ def resolve_route_plan(depth: int, routing: dict | None) -> list[float | None]:
     """Per-block capacity (None = dense block) from a routing spec.
 
     ``routing['layers']``: ``"every_other"`` (blocks 1, 3, 5, ..., as in MoD), ``"all"``, or a list of block indices;
-    ``routing['capacity']``: one float for every routed block, or a list with one entry per block (None/1.0 = dense).
+    ``routing['capacity']``: one float for every routed block, or a list with one entry per block (None = dense;
+    1.0 = routed at full capacity, which keeps the router and its gate).
     """
     if not routing:
         return [None] * depth

@@ -317,6 +317,9 @@ class ZooViT(nn.Module):
                 )
             self.pos_embed = nn.Parameter(pe)
         self.model_args["img_size"] = img_size
+        if getattr(self, "pretrained_cfg", None):
+            c = self.pretrained_cfg.get("input_size", (self.model_args["in_chans"], img_size, img_size))
+            self.pretrained_cfg = {**self.pretrained_cfg, "input_size": (c[0], img_size, img_size)}
 
 
 def checkpoint_filter_fn(state_dict: dict, model: ZooViT) -> dict:
