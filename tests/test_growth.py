@@ -292,5 +292,9 @@ def test_shrinking_and_bad_specs_raise():
     ):
         with pytest.raises(ValueError):
             call()
+    # a stage is validated as a whole before anything changes
+    with pytest.raises(ValueError, match="depth"):
+        grow(model, {"embed_dim": 64, "depth": 2})
+    assert model.embed_dim == 32 and model.model_args["head_dim"] is None
     with pytest.raises(ValueError):
         ParamMap(new="x", old=None).map_value(torch.zeros(1))

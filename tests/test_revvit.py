@@ -180,6 +180,20 @@ def test_saved_activations_do_not_grow_with_depth(drop):
     assert saved_by_forward(van, x)[1] > 2 * shallow[1]
 
 
+def test_flop_counter_sees_one_extra_forward_of_the_blocks():
+    """zoo.flops (FlopCounterMode + module hooks) runs through the custom backward, and the reversible step costs
+    exactly the vanilla step plus one recomputation of every block's forward."""
+    from zoo.flops import count_flops
+
+    model = make(depth=3).train()
+    x = images(2)
+    _, fwd = count_flops(model, x)
+    rev, _ = count_flops(model, x, loss_fn=lambda out: out.sum())
+    model.use_vanilla_backward = True
+    van, _ = count_flops(model, x, loss_fn=lambda out: out.sum())
+    assert rev - van == sum(fwd[f"blocks.{i}"] for i in range(3)) > 0
+
+
 def test_no_grad_forward_is_a_plain_loop_with_equal_output():
     model = make(depth=4).eval()
     x = images(2)

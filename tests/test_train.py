@@ -51,31 +51,38 @@ def test_same_seed_bitwise_equal_weights(tmp_path, fmnist):
 
 
 @pytest.mark.parametrize(
-    "sections",
+    "sections,stop",
     [
-        {},
-        {"train": {"accumulation": 2, "ema": 0.9, "log_every": 1}},
-        {
-            "routing": {"capacity": 0.5, "start": 1.0, "anneal": 0.5},
-            "model": {"args": {"embed_dim": 32, "depth": 2, "num_heads": 2, "drop_path_rate": 0.1}},
-        },
-        {"unfreeze": {"mode": "gradual", "every": 0.3}},
+        ({}, 3),
+        ({"train": {"accumulation": 2, "ema": 0.9, "log_every": 1}}, 3),
+        (
+            {
+                "routing": {"capacity": 0.5, "start": 1.0, "anneal": 0.5},
+                "model": {"args": {"embed_dim": 32, "depth": 2, "num_heads": 2, "drop_path_rate": 0.1}},
+            },
+            3,
+        ),
+        ({"unfreeze": {"mode": "gradual", "every": 0.25}}, 3),  # between boundaries (2, 4, 6)
+        ({"unfreeze": {"mode": "gradual", "every": 0.25}}, 4),  # exactly at a boundary
     ],
-    ids=["plain", "accum-ema", "routing-droppath", "unfreeze"],
+    ids=["plain", "accum-ema", "routing-droppath", "unfreeze-mid", "unfreeze-at-boundary"],
 )
-def test_resume_mid_epoch_is_bitwise_exact(tmp_path, fmnist, sections):
+def test_resume_mid_epoch_is_bitwise_exact(tmp_path, fmnist, sections, stop):
     # 8 steps of 64 on 512 images = one epoch; stopping after 3 resumes mid-epoch (and mid-schedule)
     recipe = recipe_from_dict(tiny_recipe(**sections))
     full = train(recipe, tmp_path / "full", progress=False)
-    part = train(recipe, tmp_path / "part", progress=False, stop_after=3)
-    assert part.steps == 3 and not (tmp_path / "part" / "model").exists()
+    part = train(recipe, tmp_path / "part", progress=False, stop_after=stop)
+    assert part.steps == stop and not (tmp_path / "part" / "model").exists()
     train(recipe, tmp_path / "part", resume=True, progress=False)
     assert_bitwise_equal(weights(tmp_path / "full"), weights(tmp_path / "part"))
-    steps = [json.loads(x)["step"] for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
-    train_steps = [
-        s for s, x in zip(steps, (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()) if "loss" in x
-    ]
+    records = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    full_records = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in records if "loss" in r]
     assert len(train_steps) == len(set(train_steps)), "each step logged once"
+    strip = ("time_s", "img_per_s")
+    assert [{k: v for k, v in r.items() if k not in strip} for r in records] == [
+        {k: v for k, v in r.items() if k not in strip} for r in full_records
+    ], "the resumed log equals the uninterrupted one (events included)"
     assert full.final_acc == pytest.approx(json.loads((tmp_path / "part" / "result.json").read_text())["final_acc"])
 
 

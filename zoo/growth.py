@@ -129,7 +129,7 @@ def _init_zero_block(blk: nn.Module) -> None:
 def grow_depth(
     model: ZooViT, new_depth: int, op: str = "zero", source: nn.Module | Mapping[str, torch.Tensor] | None = None
 ) -> list[ParamMap]:
-    """Add blocks.
+    """Add transformer blocks (zero-init, stacked or interpolated), following the routing plan at the new depth.
 
     Args:
         model: The model, changed in place.
@@ -182,9 +182,8 @@ def grow_depth(
     old_blocks, blocks, maps = list(model.blocks), [], []
     for j, (s, cap) in enumerate(zip(src, plan)):
         if op == "zero" and s is not None and isinstance(old_blocks[s], RoutedBlock) == (cap is not None):
-            blk = old_blocks[s]  # kept as is (same parameter objects); capacity follows the plan
-            if cap is not None:
-                blk.capacity = cap
+            # kept as is (same parameter objects, current, possibly annealed, capacity): exactly the old function
+            blk = old_blocks[s]
         else:
             blk = model.make_block(j, cap).to(device=ref.device, dtype=ref.dtype).train(model.training)
             if s is None:
@@ -382,6 +381,15 @@ def grow(
     unknown = set(spec) - set(GROW_KEYS) - {"at"}
     if unknown:
         raise ValueError(f"unknown growth keys {sorted(unknown)}; expected {GROW_KEYS}")
+    # validate every size before changing anything, so a bad stage leaves the model untouched
+    blk = model.blocks[0]
+    current = {"embed_dim": model.embed_dim, "num_heads": blk.attn.num_heads, "mlp_hidden": blk.mlp.fc1.out_features,
+               "depth": len(model.blocks) + 1, "img_size": model.model_args["img_size"]}  # fmt: skip
+    for key, now in current.items():
+        if spec.get(key) is not None and any(n < c for n, c in zip(to_2tuple(spec[key]), to_2tuple(now))):
+            raise ValueError(f"growth stage {key}={spec[key]} shrinks the model (current {now}, depth must increase)")
+    if (spec.get("depth_op") or "zero") not in DEPTH_OPS:
+        raise ValueError(f"depth op must be one of {DEPTH_OPS}, got {spec['depth_op']!r}")
     noise = spec.get("noise") or 0.0
     total = identity_maps(model)
     src = source if source is None or isinstance(source, Mapping) else dict(source.named_parameters())

@@ -61,7 +61,8 @@ class ParamMap:
             raise ValueError(f"{self.new} is a new parameter: it has no old value to map")
         t = self._gather(old_t)
         if self.value_scale is not None:
-            t = t * self.value_scale.to(device=t.device, dtype=t.dtype)
+            # multiply in (at least) float32, then cast: 1/3 rounded to bf16 would break the Net2Net sum
+            t = (t * self.value_scale.to(t.device)).to(old_t.dtype)
         if self.resample is not None:
             t = self.resample(t)
         return t.clone() if t is old_t else t

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from zoo import checkpoint as ckpt
 from zoo.data import build_datasets, make_loader, normalize, random_crop_flip
-from zoo.hub import save_model_folder
+from zoo.hub import save_model_folder, weights_hash
 from zoo.manifest import collect_manifest, recipe_hash, write_json_atomic
 from zoo.recipe import Recipe, RecipeError, dump_recipe
 from zoo.schedule import lr_factor
@@ -253,6 +253,7 @@ def train(
     eval_every = max(1, int(round(recipe.train.eval_every * steps_per_epoch)))
     ckpt_every = recipe.train.checkpoint_every or steps_per_epoch
     skipped_nonfinite = 0
+    after_event = plan.changes_at(start_step)  # resumed right after a boundary: its "loss after" is still due
     model.train()
     while step < total:
         epoch, in_epoch = divmod(step, steps_per_epoch)
@@ -260,9 +261,6 @@ def train(
         loader = acc.skip_first_batches(train_loader, in_epoch * acc_steps) if in_epoch else train_loader
         it = iter(loader)
         for _ in range(in_epoch, steps_per_epoch):
-            # structure may change here (unfreeze / growth boundary): unwrap, change, rebuild optimizer, re-prepare
-            if plan.changes_at(step):
-                model, optimizer, ema = plan.restructure(acc, model, optimizer, ema, step, recipe)
             set_numbers(acc.unwrap_model(model), plan, step)
             factor = lr_factor(step, total, warmup, recipe.schedule.min_lr_ratio, plan.rewarm_steps(), rewarm)
             for g in optimizer.param_groups:
@@ -298,6 +296,16 @@ def train(
             step += 1
             in_epoch += 1
             bar.update(1)
+            # structure changes between steps, before the checkpoint of this step, so a checkpoint always holds the
+            # structure (and optimizer layout) of the step it resumes at
+            if plan.changes_at(step) and step < total:
+                model, optimizer, ema = plan.restructure(acc, model, optimizer, ema, step, recipe)
+                check_ranks_identical(acc, acc.unwrap_model(model), f"stage boundary at step {step}")
+                log.write({"step": step, "event": plan.describe(step), "loss_before": float(loss_sum)})
+                after_event = True
+            elif after_event:
+                log.write({"step": step, "loss_after_event": float(loss_sum)})
+                after_event = False
             if step % recipe.train.log_every == 0 or step == total:
                 loss_val = acc.gather(loss_sum.reshape(1)).mean().item()
                 ips = seen / max(time.perf_counter() - t0, 1e-9)
@@ -336,6 +344,7 @@ def train(
             if step >= total:
                 break
     bar.close()
+    check_ranks_identical(acc, acc.unwrap_model(model), "end of training")
     wall = time.perf_counter() - t0
     final_model = ema.module if ema is not None else acc.unwrap_model(model)
     if main:
@@ -367,6 +376,16 @@ def save_checkpoint(acc: Accelerator, model, ema, ckpt_dir: Path, step: int, pla
         state = {"step": step, "stage": plan.describe(step), "recipe_hash": recipe_hash(recipe.to_dict())}
         ckpt.finalize(tmp, ckpt_dir, step, state, recipe.train.keep_checkpoints)
     acc.wait_for_everyone()
+
+
+def check_ranks_identical(acc: Accelerator, model, where: str) -> None:
+    """All processes hold bitwise-identical parameters (checked at structure changes and at the end)."""
+    if acc.num_processes == 1:
+        return
+    digest = torch.tensor([float(int(weights_hash(model)[:12], 16))], dtype=torch.float64, device=acc.device)
+    digests = acc.gather(digest)
+    if not torch.all(digests == digests[0]):
+        raise RuntimeError(f"{where}: parameters differ between processes (digests {digests.tolist()})")
 
 
 def peak_memory() -> dict:

@@ -191,6 +191,16 @@ def _grad(out: torch.Tensor, inputs: list[torch.Tensor], grad_out: torch.Tensor)
     return torch.autograd.grad(out, inputs, grad_out.to(out.dtype), allow_unused=True)
 
 
+def _non_leaf(t: torch.Tensor) -> torch.Tensor:
+    """A free view of a grad-requiring leaf, so modules never receive the leaf itself.
+
+    Module backward hooks (torch's ModuleTracker, used by ``FlopCounterMode`` and so by ``zoo.flops``) put a
+    multi-grad hook on module inputs, and torch refuses such a hook on a leaf during ``torch.autograd.grad``
+    ("A leaf node was passed to _will_engine_execute_node ..."). Gradients still flow to the leaf.
+    """
+    return t.view_as(t)
+
+
 def _block_backward(
     blk: RevBlock,
     y1: torch.Tensor,
@@ -209,7 +219,7 @@ def _block_backward(
     # G: fresh graph from a detached Y1 (nothing of the stack above may leak into it)
     y1 = y1.detach().requires_grad_(True)
     with _restored_rng(rng_g, device):
-        g = blk.g(y1)
+        g = blk.g(_non_leaf(y1))
     g_params = [p for p in blk.g_parameters() if p.requires_grad]
     dg = _grad(g, [y1, *g_params], dy2)
     with torch.no_grad():
@@ -223,7 +233,7 @@ def _block_backward(
     # F: from the rebuilt X2 (detached: a leaf of the local graph)
     x2 = x2.detach().requires_grad_(need_dx2)
     with _restored_rng(rng_f, device):
-        f = blk.f(x2)
+        f = blk.f(_non_leaf(x2) if need_dx2 else x2)
     f_params = [p for p in blk.f_parameters() if p.requires_grad]
     df = _grad(f, ([x2] if need_dx2 else []) + f_params, dx1)
     with torch.no_grad():
@@ -249,7 +259,7 @@ class ZooRevViT(nn.Module):
 
     def __init__(
         self,
-        img_size: int = 224,
+        img_size: int | tuple[int, int] = 224,
         patch_size: int = 16,
         in_chans: int = 3,
         num_classes: int = 1000,
@@ -274,7 +284,7 @@ class ZooRevViT(nn.Module):
         """Build the model.
 
         Args:
-            img_size: Input resolution (square).
+            img_size: Input resolution (square; a square (h, w) pair, as timm's builder passes, is stored as int).
             patch_size: Patch size of the stem.
             in_chans: Input channels.
             num_classes: Classes of the linear head; 0 for no head (pooled features).
@@ -298,6 +308,12 @@ class ZooRevViT(nn.Module):
                 memory/compute switch, not architecture: it is an attribute, not part of ``model_args``.
         """
         super().__init__()
+        # timm's builder passes the cfg's fixed input size as a pair, (224, 224): keep the zoo's int convention
+        # (model_args stays JSON round-trip equal, and zoo.hub / evaluate read img_size as one side)
+        if isinstance(img_size, (tuple, list)):
+            if len(img_size) != 2 or img_size[0] != img_size[1]:
+                raise ValueError(f"img_size must be an int or a square (h, w) pair, got {img_size!r}")
+            img_size = int(img_size[0])
         if global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
         if global_pool == "token" and not class_token:

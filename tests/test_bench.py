@@ -1,0 +1,50 @@
+"""Bench harness: interleaved timing, multi-seed arms in subprocesses, refusal to compare unlike runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from conftest import tiny_recipe
+
+from zoo.bench import Arm, check_comparable, interleaved_times, run_arms, speedup
+from zoo.cli import main
+from zoo.manifest import collect_manifest
+
+
+def test_interleaved_times_round_robin_order():
+    calls = []
+    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    times = interleaved_times(fns, rounds=3, warmup=1)
+    assert calls == ["a", "b"] * 4 and len(times["a"]) == len(times["b"]) == 3
+    assert speedup({"base": [2.0, 2.0, 4.0], "arm": [1.0, 1.0, 9.0]}, "base", "arm") == pytest.approx(2.0)
+
+
+def test_refuses_to_compare_runs_from_different_setups():
+    a = collect_manifest({"x": 1}, seed=0, extra={"arm": "a"})
+    b = json.loads(json.dumps(collect_manifest({"x": 2}, seed=1, extra={"arm": "b"})))
+    check_comparable([{"arm": "a", "seed": 0, "manifest": a}, {"arm": "b", "seed": 1, "manifest": b}])
+    b["versions"]["torch"] = "0.0.1"
+    recs = [{"arm": "a", "seed": 0, "manifest": a}, {"arm": "b", "seed": 1, "manifest": b}]
+    with pytest.raises(RuntimeError, match="versions.torch"):
+        check_comparable(recs)
+    check_comparable(recs, allow_mismatch=True)
+
+
+def test_run_arms_end_to_end(tmp_path, fmnist):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("# zoo train tiny.yaml\n" + yaml.safe_dump(tiny_recipe(schedule={"steps": 3})))
+    arms = [Arm("base", str(recipe)), Arm("lr_high", str(recipe), ["optim.lr=0.01"])]
+    records = run_arms(arms, [0, 1], tmp_path / "out")
+    assert [(r["arm"], r["seed"]) for r in records] == [("base", 0), ("lr_high", 0), ("base", 1), ("lr_high", 1)]
+    for r in records:
+        assert 0 <= r["acc"] <= 1 and r["wall_clock_s"] > 0 and r["peak_mem_bytes"] > 10e6 and r["curve"]
+    # a second call reuses finished runs instead of training again
+    again = run_arms(arms, [0, 1], tmp_path / "out")
+    assert [r["acc"] for r in again] == [r["acc"] for r in records]
+
+
+def test_bench_cli_unknown_suite(capsys):
+    assert main(["bench", "nope"]) == 2
+    assert "unknown suite" in capsys.readouterr().err
