@@ -64,8 +64,27 @@ def test_same_seed_bitwise_equal_weights(tmp_path, fmnist):
         ),
         ({"unfreeze": {"mode": "gradual", "every": 0.25}}, 3),  # between boundaries (2, 4, 6)
         ({"unfreeze": {"mode": "gradual", "every": 0.25}}, 4),  # exactly at a boundary
+        ({"growth": {"stages": [{"at": 0.5, "depth": 3, "mlp_hidden": 192}]}, "train": {"ema": 0.9}}, 4),
+        ({"growth": {"stages": [{"at": 0.5, "depth": 4, "depth_op": "stack"}]}, "schedule": {"rewarmup": 0.25}}, 5),
+        (
+            {
+                "model": {"args": {"embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 20}},
+                "growth": {"stages": [{"at": 0.25, "img_size": 24}, {"at": 0.5, "img_size": 28, "embed_dim": 64}]},
+                "unfreeze": {"mode": "gradual", "every": 0.25},
+            },
+            4,
+        ),
     ],
-    ids=["plain", "accum-ema", "routing-droppath", "unfreeze-mid", "unfreeze-at-boundary"],
+    ids=[
+        "plain",
+        "accum-ema",
+        "routing-droppath",
+        "unfreeze-mid",
+        "unfreeze-at-boundary",
+        "grow-depth-mlp-ema",
+        "grow-stack-rewarm",
+        "grow-res-width-unfreeze",
+    ],
 )
 def test_resume_mid_epoch_is_bitwise_exact(tmp_path, fmnist, sections, stop):
     # 8 steps of 64 on 512 images = one epoch; stopping after 3 resumes mid-epoch (and mid-schedule)
@@ -97,3 +116,18 @@ def test_refuses_to_mix_runs(tmp_path, fmnist):
         train(other, tmp_path / "run", resume=True, progress=False)
     assert (tmp_path / "run" / "model" / "model.safetensors").read_bytes() == before
     train(other, tmp_path / "run", force=True, progress=False)
+
+
+def test_growth_run_exports_final_architecture(tmp_path, fmnist):
+    import timm
+
+    recipe = recipe_from_dict(tiny_recipe(growth={"stages": [{"at": 0.5, "depth": 3, "embed_dim": 64}]}))
+    train(recipe, tmp_path / "run", progress=False)
+    cfg = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert cfg["model_args"]["depth"] == 3 and cfg["model_args"]["embed_dim"] == 64
+    model = timm.create_model(f"local-dir:{tmp_path / 'run' / 'model'}", pretrained=True)
+    assert len(model.blocks) == 3 and model.embed_dim == 64
+    events = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    growth = [e for e in events if "event" in e]
+    assert [e["step"] for e in growth] == [4] and growth[0]["event"]["growth_stage"] == 1
+    assert any("loss_after_event" in e and e["step"] == 5 for e in events)

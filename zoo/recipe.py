@@ -119,7 +119,7 @@ class GrowthStage:
 class GrowthConfig:
     stages: list[GrowthStage] = field(default_factory=list)
     from_ema: bool = False
-    optimizer_state: str = "keep"  # keep | reset
+    optimizer_state: str = "zero"  # zero (new entries' moments 0, MSG) | copy (duplicates copy moments) | reset
 
 
 @dataclass
@@ -334,8 +334,8 @@ def validate(recipe: Recipe, source: str) -> Recipe:
                 prev_depth = st.depth
             if st.depth_op not in ("zero", "stack", "interpolate"):
                 raise err(f"growth.stages[{i}].depth_op", f"must be zero, stack or interpolate, got {st.depth_op!r}")
-        if g.optimizer_state not in ("keep", "reset"):
-            raise err("growth.optimizer_state", f"must be 'keep' or 'reset', got {g.optimizer_state!r}")
+        if g.optimizer_state not in ("zero", "copy", "reset"):
+            raise err("growth.optimizer_state", f"must be 'zero', 'copy' or 'reset', got {g.optimizer_state!r}")
     u = recipe.unfreeze
     if u is not None:
         if u.mode not in ("gradual", "stages", "freezeout"):

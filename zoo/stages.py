@@ -77,7 +77,9 @@ class StagePlan:
     total: int
     recipe: Recipe
     unfreeze_steps: list[tuple[int, int]] = field(default_factory=list)  # explicit (step, trainable_from)
+    growth_steps: list[int] = field(default_factory=list)  # step at which each growth stage takes effect
     groups: int = 0  # layer-group count of the current model, set by apply_structure
+    grown: int = 0  # growth stages applied to the current model
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, total: int) -> StagePlan:
@@ -86,7 +88,13 @@ class StagePlan:
         if u is not None and u.mode == "stages":
             steps = boundary_steps([s.at for s in u.stages], total)
             plan.unfreeze_steps = [(st, s.trainable_from) for st, s in zip(steps, u.stages)]
+        if recipe.growth is not None:
+            plan.growth_steps = boundary_steps([s.at for s in recipe.growth.stages], total)
         return plan
+
+    def growth_stage(self, step: int) -> int:
+        """Number of growth stages in effect at ``step``."""
+        return sum(1 for st in self.growth_steps if step >= st)
 
     def num_groups(self, model: nn.Module) -> int:
         return len(layer_groups(model))
@@ -121,29 +129,97 @@ class StagePlan:
                     )
             if u.start_groups > G:
                 raise RecipeError("recipe", "unfreeze.start_groups", f"{u.start_groups} > {G} layer groups")
+        g = self.recipe.growth
+        if g is not None:
+            blk = model.blocks[0]
+            now = {"depth": len(model.blocks), "embed_dim": model.embed_dim, "num_heads": blk.attn.num_heads,
+                   "mlp_hidden": blk.mlp.fc1.out_features, "img_size": model.model_args["img_size"]}  # fmt: skip
+            for i, st in enumerate(g.stages):
+                for key, current in now.items():
+                    value = getattr(st, key)
+                    if value is None:
+                        continue
+                    if value < current or (key == "depth" and value == current):
+                        raise RecipeError("recipe", f"growth.stages[{i}].{key}",
+                                          f"growth to a smaller {key} ({current} -> {value})")  # fmt: skip
+                    now[key] = value
+            if g.stages and now["img_size"] % model.patch_embed.patch_size[0]:
+                raise RecipeError(
+                    "recipe", "growth.stages", f"img_size {now['img_size']} is not a multiple of the patch"
+                )
 
     def describe(self, step: int) -> dict:
-        return {"trainable_from": self.trainable_from(step, self.groups)}
+        return {"trainable_from": self.trainable_from(step, self.groups), "growth_stage": self.growth_stage(step)}
 
     def changes_at(self, step: int) -> bool:
         return step > 0 and self.describe(step) != self.describe(step - 1)
 
     def rewarm_steps(self) -> list[int]:
-        return []
+        return self.growth_steps
 
     def restructure(self, acc, model, optimizer, ema, step: int, recipe: Recipe):
-        """Apply the stage boundary at ``step`` on the unwrapped model, rebuild the optimizer, and re-prepare."""
+        """Apply the stage boundary at ``step`` on the unwrapped model, rebuild the optimizer with the remapped state,
+        and re-prepare (a new DDP wrapper: new or newly trainable parameters must be registered with it)."""
+        from zoo.growth_maps import load_state_by_name, optimizer_state_by_name, remap_optimizer, remap_tensors
+
         raw = acc.unwrap_model(model)
         old_opt = getattr(optimizer, "optimizer", optimizer)
+        state = optimizer_state_by_name(old_opt, raw)
+        if self.growth_stage(step) > self.grown:
+            g = recipe.growth
+            if g.from_ema and ema is not None:  # MoGrow: the grown network starts from the averaged weights
+                raw.load_state_dict(ema.module.state_dict())
+            ema_state = ema.module.state_dict() if ema is not None else None
+            stage_maps = grow_to(raw, self, step)
+            for maps in stage_maps:  # stage by stage: a resampling map does not compose with a later one
+                state = remap_optimizer(state, maps, mode="copy" if g.optimizer_state == "copy" else "zero")
+                if ema_state is not None:
+                    ema_state = remap_tensors(ema_state, maps, strict=False)
+            if g.optimizer_state == "reset":
+                state = {}
+            if ema is not None:
+                from timm.utils import ModelEmaV3
+
+                fresh = raw.state_dict()
+                ema = ModelEmaV3(raw, decay=ema.decay)
+                ema.module.load_state_dict({**fresh, **ema_state})
         apply_structure(raw, self, step)
         acc.free_memory()  # drop Accelerate's references so prepare() wraps the changed model again
-        new_opt = build_optimizer(raw, recipe, previous=old_opt)
+        new_opt = build_optimizer(raw, recipe)
+        load_state_by_name(new_opt, raw, state)
         model, optimizer = acc.prepare(raw, new_opt)
         return model, optimizer, ema
 
 
+def grow_to(model: nn.Module, plan: StagePlan, step: int) -> list[list]:
+    """Apply the growth stages due at ``step`` that the model does not have yet; returns each stage's maps.
+
+    New weights draw from a generator seeded by (seed, stage), inside a forked RNG: every process grows identically,
+    a resumed run rebuilds the same structure, and the global random stream (drop-path, dropout) is not disturbed.
+    """
+    from dataclasses import asdict
+
+    from zoo.growth import grow
+
+    stage_maps = []
+    target = plan.growth_stage(step)
+    while plan.grown < target:
+        spec = asdict(plan.recipe.growth.stages[plan.grown])
+        seed = plan.recipe.train.seed * 1_000_003 + plan.grown
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            gen = torch.Generator().manual_seed(seed)
+            try:
+                stage_maps.append(grow(model, spec, generator=gen))
+            except ValueError as e:
+                raise RecipeError("recipe", f"growth.stages[{plan.grown}]", str(e)) from None
+        plan.grown += 1
+    return stage_maps
+
+
 def apply_structure(model: nn.Module, plan: StagePlan, step: int) -> None:
-    """Bring ``model`` to the structure of ``step`` (trainable groups). Idempotent."""
+    """Bring ``model`` to the structure of ``step`` (growth stages, trainable groups). Idempotent."""
+    grow_to(model, plan, step)
     plan.groups = plan.num_groups(model)
     set_trainable_from(model, plan.trainable_from(step, plan.groups))
 

@@ -136,8 +136,9 @@ def evaluate(model, loader, accelerator: Accelerator, mean, std) -> tuple[float,
     model.eval()
     correct = total = 0
     loss_sum = 0.0
+    size = getattr(model, "module", model).model_args["img_size"]
     for x, y in loader:
-        logits = model(normalize(x, mean, std))
+        logits = model(fit_resolution(normalize(x, mean, std), size))
         loss = F.cross_entropy(logits.float(), y, reduction="sum")
         preds, ys, losses = accelerator.gather_for_metrics((logits.argmax(-1), y, loss.reshape(1)))
         correct += (preds == ys).sum().item()
@@ -145,6 +146,13 @@ def evaluate(model, loader, accelerator: Accelerator, mean, std) -> tuple[float,
         loss_sum += losses.sum().item()
     model.train()
     return correct / max(total, 1), loss_sum / max(total, 1)
+
+
+def fit_resolution(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a normalized batch to the model's current input size (resolution growth trains small images first)."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
 def augment_generator(seed: int, epoch: int, micro_step: int, rank: int) -> torch.Generator:
@@ -270,6 +278,7 @@ def train(
                 x, y = next(it)
                 gen = augment_generator(recipe.train.seed, epoch, in_epoch * acc_steps + m, acc.process_index)
                 x = normalize(random_crop_flip(x, gen, d.crop_pad, d.flip), mean, std)
+                x = fit_resolution(x, acc.unwrap_model(model).model_args["img_size"])
                 sync = acc.no_sync(model) if m < acc_steps - 1 else contextlib.nullcontext()
                 with sync:
                     logits = model(x)

@@ -138,7 +138,7 @@ class RevBlock(Block):
 
 # ------------------------------------------------------------------------------------------------ autograd function
 class RevStackFunction(torch.autograd.Function):
-    """Memory-free backward through a whole stack of ``RevBlock``: ``apply(x1, x2, blocks, *trainable_params)``.
+    """Backward through a whole ``RevBlock`` stack in depth-independent memory: ``apply(x1, x2, blocks, *params)``.
 
     Forward runs the blocks without a graph and saves only the two output streams (plus, per stochastic branch, its
     RNG state and the forward's autocast state, which are not activations). Backward walks the blocks from the top;
@@ -167,6 +167,7 @@ class RevStackFunction(torch.autograd.Function):
         return x1, x2
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the rebuilt graphs are local: double backward would be wrong
     def backward(ctx: Any, dy1: torch.Tensor, dy2: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         y1, y2 = ctx.saved_tensors
         grads: dict[int, torch.Tensor] = {}
