@@ -27,7 +27,7 @@ IDS = [f"{n}-{i}" for i, (n, _) in enumerate(VARIANTS)]
 
 
 # 224-px families are checked at 64 px: the same code paths at a fraction of the cost (full size: test_parity.py)
-SMALL_INPUT = {"zoo_vit_tiny_p16": 64, "zoo_vit_small_p16": 64, "zoo_vit_base_p16": 64}
+SMALL_INPUT = {"zoo_vit_tiny_p16": 64, "zoo_vit_small_p16": 64, "zoo_vit_base_p16": 64, "zoo_revvit_small_p16": 64}
 
 
 def make(name: str, kwargs: dict):
@@ -49,9 +49,9 @@ def example_input(model, batch: int = 1) -> torch.Tensor:
 
 
 def test_registry_lists_all_families():
-    assert {"zoo_vit_tiny_p16", "zoo_vit_small_p16", "zoo_vit_base_p16", "zoo_vit_micro_p4", "zoo_vit_mini_p4"} <= set(
-        ZOO_MODELS
-    )
+    expected = {"zoo_vit_tiny_p16", "zoo_vit_small_p16", "zoo_vit_base_p16", "zoo_vit_micro_p4", "zoo_vit_mini_p4",
+                "zoo_vit_micro_p7", "zoo_revvit_micro_p4", "zoo_revvit_mini_p4", "zoo_revvit_small_p16"}  # fmt: skip
+    assert expected <= set(ZOO_MODELS)
 
 
 @pytest.mark.parametrize("name,kwargs", VARIANTS, ids=IDS)
@@ -98,7 +98,7 @@ def test_local_dir_round_trip(name, kwargs, tmp_path):
     cfg = json.loads((folder / "config.json").read_text())
     assert cfg["architecture"] == name and cfg["model_args"]["depth"] == len(model.blocks)
     loaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
-    assert type(loaded).__name__ == "ZooViT"
+    assert type(loaded) is type(model)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
 

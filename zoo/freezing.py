@@ -1,8 +1,8 @@
 """Layer groups, freezing, and optimizer parameter groups with layer-wise LR decay.
 
-Groups come from the model's timm ``group_matcher`` (stem, one group per block, final norm), with everything the
-matcher leaves out (the classifier head) in the top group, so any zoo model, grown or routed, has them for free.
-Group order is bottom (0 = stem) to top (last = final norm + head).
+Groups come from the model's timm ``group_matcher``: the stem, one group per block (timm's ``(99999,)`` puts the
+final norm with the last block), and everything the matcher leaves out (the classifier head) as the top group. So any
+zoo model, grown or routed, has them for free: ``depth + 2`` groups, bottom (0 = stem) to top (head alone).
 
 Layer decay is applied through each parameter group's ``lr_scale``, which the trainer multiplies into the LR it sets
 every step: timm stores ``lr_scale`` too, but only timm's own schedulers read it, so with any other scheduler layer
@@ -21,8 +21,8 @@ def layer_groups(model: nn.Module) -> list[list[str]]:
     names = [list(v) for _, v in sorted(grouped.items())]
     seen = {n for g in names for n in g}
     leftover = [n for n, _ in model.named_parameters() if n not in seen]
-    if leftover:  # the head (and anything else unmatched) belongs at the top with the final norm
-        names[-1].extend(leftover)
+    if leftover:  # the head (and anything else unmatched) is the top group
+        names.append(leftover)
     return names
 
 

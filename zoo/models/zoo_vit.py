@@ -67,6 +67,10 @@ class ZooViT(nn.Module):
         super().__init__()
         if global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+        if isinstance(img_size, (tuple, list)):  # timm's builder passes a fixed input size as a pair
+            if len(img_size) != 2 or img_size[0] != img_size[1]:
+                raise ValueError(f"img_size must be square, got {img_size}")
+            img_size = int(img_size[0])
         if global_pool == "token" and not class_token:
             raise ValueError("global_pool='token' needs class_token=True")
         self.model_args: dict[str, Any] = dict(
@@ -381,6 +385,7 @@ default_cfgs = generate_default_cfgs(
         "zoo_vit_tiny_p16": _cfg(),
         "zoo_vit_small_p16": _cfg(),
         "zoo_vit_base_p16": _cfg(),
+        "zoo_vit_micro_p7": _fmnist_cfg(),
         "zoo_vit_micro_p4": _fmnist_cfg(),
         "zoo_vit_mini_p4": _fmnist_cfg(),
     }
@@ -406,6 +411,14 @@ def zoo_vit_base_p16(pretrained: bool = False, **kwargs) -> ZooViT:
     """ViT-B/16 at 224 px, the shape of timm's vit_base_patch16_224."""
     model_args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12)
     return _create("zoo_vit_base_p16", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def zoo_vit_micro_p7(pretrained: bool = False, **kwargs) -> ZooViT:
+    """The fastest CPU model for 28x28 grey images: patch 7 (16 tokens), width 128, 6 blocks, MLP ratio 2, mean pool."""
+    model_args = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=128, depth=6, num_heads=4,
+                      mlp_ratio=2.0, global_pool="avg")  # fmt: skip
+    return _create("zoo_vit_micro_p7", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
