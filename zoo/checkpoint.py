@@ -16,6 +16,8 @@ from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
+from zoo.faults import fault_point
+
 STATE_NAME = "train_state.json"
 PREFIX = "step_"
 
@@ -75,6 +77,7 @@ def temp_folder(ckpt_dir: Path, step: int) -> Path:
 
 def finalize(tmp: Path, ckpt_dir: Path, step: int, state: dict, keep: int) -> Path:
     """Write the train state last, rename the folder into place, then prune to the newest ``keep``."""
+    fault_point("ckpt_before_state", step)  # Accelerate's state is in ``tmp``; no train state, not renamed
     (tmp / STATE_NAME).write_text(json.dumps(state, indent=2))
     final = ckpt_dir / checkpoint_name(step)
     if final.exists():  # the same step saved again after a resume: replace it atomically-enough (old one moved first)
@@ -84,6 +87,7 @@ def finalize(tmp: Path, ckpt_dir: Path, step: int, state: dict, keep: int) -> Pa
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(final)
+    fault_point("ckpt_before_prune", step)  # complete and in place; older checkpoints not pruned yet
     for stale in list_checkpoints(ckpt_dir)[:-keep]:
         shutil.rmtree(stale, ignore_errors=True)
     for leftover in ckpt_dir.glob(".tmp-*"):

@@ -37,6 +37,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     register_profile(sub)
     register_bench(sub)
+    register_plan(sub)
 
 
 def register_profile(sub) -> None:
@@ -93,3 +94,43 @@ def register_bench(sub) -> None:
         help="rewrite the <!-- bench-SUITE --> section of this README with the results",
     )
     s.set_defaults(fn=cmd_bench)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import yaml
+
+    from zoo.cli import resolve_recipe_path
+    from zoo.data import build_datasets
+    from zoo.plan import format_plan, parse_bytes, plan
+    from zoo.recipe import load_recipe
+    from zoo.stages import build_model
+
+    cap = parse_bytes(args.memory)
+    recipe = load_recipe(resolve_recipe_path(args.recipe), args.set)
+    d = recipe.data
+    bundle = build_datasets(d.name, path=d.path, classes=d.classes, train_subset=64, test_subset=64,
+                            img_size=d.img_size, in_chans=d.in_chans)  # fmt: skip
+    model = build_model(recipe, bundle)
+    best, cands = plan(model, d.batch_size, cap, margin=args.margin, rounds=args.rounds)
+    print(format_plan(best, cands, cap, args.margin))
+    if best is None:
+        return 1
+    if args.out:
+        overrides = {o.split("=", 1)[0]: yaml.safe_load(o.split("=", 1)[1]) for o in best.overrides()}
+        Path(args.out).write_text(yaml.safe_dump({"overrides": overrides, "measured": {
+            "peak_bytes": best.peak_bytes, "img_per_s": best.img_per_s, "cap_bytes": cap}}))  # fmt: skip
+        print(f"wrote {args.out}")
+    return 0
+
+
+def register_plan(sub) -> None:
+    s = sub.add_parser("plan", help="find the fastest micro-batch / checkpointing / precision under a memory cap")
+    s.add_argument("recipe")
+    s.add_argument("--memory", required=True, help="peak training memory cap, e.g. 4GB or 512MiB")
+    s.add_argument("--margin", type=float, default=0.9, help="share of the cap tensors may use (default 0.9)")
+    s.add_argument("--rounds", type=int, default=3, help="timed rounds per candidate")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--out", default=None, help="write the chosen overrides (YAML) here")
+    s.set_defaults(fn=cmd_plan)

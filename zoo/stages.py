@@ -29,7 +29,16 @@ def routing_args(recipe: Recipe) -> dict | None:
 
 
 def build_model(recipe: Recipe, bundle) -> nn.Module:
-    """The recipe's model for the data in ``bundle``: from scratch, a model folder / hub id, or a timm weights file."""
+    """The recipe's model for the data in ``bundle``, with the recipe's activation-checkpointing policy applied."""
+    model = _build_model(recipe, bundle)
+    t = recipe.train
+    if t.grad_checkpointing is not None:
+        model.set_grad_checkpointing(True, every=t.checkpoint_every_k_blocks, policy=t.grad_checkpointing)
+    return model
+
+
+def _build_model(recipe: Recipe, bundle) -> nn.Module:
+    """From scratch, a model folder / hub id, or a timm weights file."""
     m = recipe.model
     data_args = {"num_classes": bundle.num_classes, "in_chans": bundle.in_chans, "img_size": bundle.img_size}
     src = m.pretrained
