@@ -189,3 +189,61 @@ def unfreeze_suite(quick: bool, out: Path, seeds: list[int], allow_mismatch: boo
         ]
         res.update(_arms_report(run_arms(arms, seeds, out / "runs", allow_mismatch=allow_mismatch), "full_ft", out))
     return res
+
+
+# ------------------------------------------------------------------------------------------------------- memory
+def _mem_model(kind: str, depth: int):
+    """192 wide, 3 heads, 28 px / patch 4 (50 tokens); ``kind``: none | full | selective | reversible."""
+    name = "zoo_revvit_micro_p4" if kind == "reversible" else "zoo_vit_micro_p4"
+    model = _model(name, embed_dim=192, num_heads=3, depth=depth)
+    if kind in ("full", "selective"):
+        model.set_grad_checkpointing(True, every=1, policy=kind)
+    return model
+
+
+def _activation_bytes(model, batch: int) -> int:
+    from zoo.profile import measure_train_memory
+
+    return int(measure_train_memory(model, batch)["mem_breakdown"]["activations"])
+
+
+@suite("memory")
+def memory_suite(quick: bool, out: Path, seeds: list[int], allow_mismatch: bool = False) -> dict:
+    """Activation memory (peak minus params, grads, optimizer state) and step time at depth 6 / 12 / 24 for no
+    checkpointing, full and selective checkpointing, and reversible blocks; same width and batch."""
+    batch = 64
+    rounds = 3 if quick else 6
+    kinds = ("none", "full", "selective", "reversible")
+    grid = [(k, 12) for k in ("none", "full")] + [("reversible", 6), ("reversible", 24)] if quick else [
+        (k, d) for d in (6, 12, 24) for k in kinds
+    ]  # fmt: skip
+    rows = []
+    for kind, depth in grid:
+        rows.append(
+            {"kind": kind, "depth": depth, "activation_bytes": _activation_bytes(_mem_model(kind, depth), batch)}
+        )
+    # step times side by side, per depth
+    for depth in sorted({d for _, d in grid}):
+        at_depth = [r for r in rows if r["depth"] == depth]
+        fns = {r["kind"]: train_step_fn(_mem_model(r["kind"], depth), batch) for r in at_depth}
+        t = interleaved_times(fns, rounds=rounds, warmup=1, progress=f"memory depth {depth}")
+        for r in at_depth:
+            r["step_s"] = median(t[r["kind"]])
+    by = {(r["kind"], r["depth"]): r for r in rows}
+    res = {"batch": batch, "rows": rows}
+    res["ckpt_mem_ratio"] = by[("none", 12)]["activation_bytes"] / by[("full", 12)]["activation_bytes"]
+    res["ckpt_time_ratio"] = by[("full", 12)]["step_s"] / by[("none", 12)]["step_s"]
+    res["rev_depth_mem_ratio"] = by[("reversible", 24)]["activation_bytes"] / by[("reversible", 6)]["activation_bytes"]
+    if ("selective", 12) in by:
+        res["selective_mem_ratio"] = by[("none", 12)]["activation_bytes"] / by[("selective", 12)]["activation_bytes"]
+        res["selective_time_ratio"] = by[("selective", 12)]["step_s"] / by[("none", 12)]["step_s"]
+    from zoo.report import markdown_table
+
+    cols = [
+        ("kind", "blocks", None),
+        ("depth", "depth", None),
+        ("activation_bytes", "activation MiB", lambda v: f"{v / 2**20:.1f}"),
+        ("step_s", "step s", ".3f"),
+    ]
+    (out / "memory.md").write_text(markdown_table(rows, cols) + "\n")
+    return res
