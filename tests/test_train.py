@@ -24,18 +24,19 @@ def assert_bitwise_equal(a: dict, b: dict):
 
 
 def test_short_training_clearly_beats_chance(tmp_path, fmnist):
-    # 4000 images, 2 epochs of a 48-wide 2-block ViT: chance is 10%; 60% is far beyond anything a bug lets through
+    # 4000 images, 3 epochs of a 2-block zoo_vit_micro_p7: chance is 10%; 55% is far beyond what a broken pipeline
+    # (misaligned labels, wrong normalisation, no gradient reaching a layer) could reach, and reached with margin here
     recipe = recipe_from_dict(
         tiny_recipe(
-            model={"args": {"embed_dim": 48, "depth": 2, "num_heads": 2}},
+            model={"name": "zoo_vit_micro_p7", "args": {"depth": 2}},
             data={"train_subset": 4000, "test_subset": 1000, "batch_size": 64},
-            schedule={"steps": None, "epochs": 2, "warmup": 0.1},
-            optim={"lr": 0.003},
+            schedule={"steps": None, "epochs": 3, "warmup": 0.1},
+            optim={"lr": 0.002},
             train={"log_every": 20, "eval_every": 1.0},
         )
     )
     res = train(recipe, tmp_path / "run", progress=False)
-    assert res.final_acc >= 0.60, res
+    assert res.final_acc >= 0.55, res
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [x["loss"] for x in lines if "loss" in x]
     assert losses[-1] < losses[0]
@@ -131,3 +132,14 @@ def test_growth_run_exports_final_architecture(tmp_path, fmnist):
     growth = [e for e in events if "event" in e]
     assert [e["step"] for e in growth] == [4] and growth[0]["event"]["growth_stage"] == 1
     assert any("loss_after_event" in e and e["step"] == 5 for e in events)
+
+
+def test_precision_auto_is_measured_once_and_kept_on_resume(tmp_path, fmnist):
+    recipe = recipe_from_dict(tiny_recipe(train={"precision": "auto"}))
+    train(recipe, tmp_path / "run", progress=False, stop_after=2)
+    record = json.loads((tmp_path / "run" / "precision.json").read_text())
+    assert record["precision"] in ("fp32", "bf16") and record["measured_bf16_speedup"] > 0
+    (tmp_path / "run" / "precision.json").write_text(json.dumps({**record, "precision": "bf16"}))
+    train(recipe, tmp_path / "run", resume=True, progress=False)
+    manifest_free = json.loads((tmp_path / "run" / "precision.json").read_text())
+    assert manifest_free["precision"] == "bf16", "resume reuses the recorded choice instead of measuring again"

@@ -90,7 +90,20 @@ def overhead_suite(quick: bool, out: Path, seeds: list[int], allow_mismatch: boo
             "step_time_ratio": speedup(t, "timm", "zoo") ** -1,
         }
     res["step_time_ratio"] = res["small_p16_b8"]["step_time_ratio"]
+    res.update(_input_pipeline_headroom(rounds))
     return res
+
+
+def _input_pipeline_headroom(rounds: int) -> dict:
+    """Is the input pipeline a bottleneck? Its images/s (loader + augmentation + normalisation, full Fashion-MNIST)
+    against the training images/s of the default model at the default batch."""
+    from zoo.data import build_datasets, measure_input_pipeline
+
+    bundle = build_datasets("fashion-mnist")
+    pipe = measure_input_pipeline(bundle, batch_size=128, batches=100)
+    t = interleaved_times({"train": train_step_fn(_model("zoo_vit_micro_p7"), 128)}, rounds=rounds, warmup=2)
+    train_ips = 128 / median(t["train"])
+    return {"input_pipeline_img_per_s": pipe, "default_train_img_per_s": train_ips, "input_headroom": pipe / train_ips}
 
 
 # ------------------------------------------------------------------------------------------------------ routing
