@@ -141,5 +141,5 @@ def test_precision_auto_is_measured_once_and_kept_on_resume(tmp_path, fmnist):
     assert record["precision"] in ("fp32", "bf16") and record["measured_bf16_speedup"] > 0
     (tmp_path / "run" / "precision.json").write_text(json.dumps({**record, "precision": "bf16"}))
     train(recipe, tmp_path / "run", resume=True, progress=False)
-    manifest_free = json.loads((tmp_path / "run" / "precision.json").read_text())
-    assert manifest_free["precision"] == "bf16", "resume reuses the recorded choice instead of measuring again"
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["precision"] == "bf16", "resume reuses the recorded choice instead of measuring again"

@@ -365,6 +365,8 @@ def train(
             "wall_clock_s": wall,
             "img_per_s": seen / max(wall, 1e-9),
             "resumed_from": start_step,
+            "precision": precision,
+            "num_processes": acc.num_processes,
             **peak_memory(),
         }
         write_json_atomic(out / "result.json", summary)
