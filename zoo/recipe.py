@@ -119,6 +119,9 @@ class GrowthStage:
 class GrowthConfig:
     stages: list[GrowthStage] = field(default_factory=list)
     from_ema: bool = False
+    # fit the stage lengths to a budget (total training FLOPs, or seconds measured on this machine)
+    budget_flops: float | None = None
+    budget_seconds: float | None = None
     optimizer_state: str = "zero"  # zero (new entries' moments 0, MSG) | copy (duplicates copy moments) | reset
 
 
@@ -334,6 +337,12 @@ def validate(recipe: Recipe, source: str) -> Recipe:
                 prev_depth = st.depth
             if st.depth_op not in ("zero", "stack", "interpolate"):
                 raise err(f"growth.stages[{i}].depth_op", f"must be zero, stack or interpolate, got {st.depth_op!r}")
+        if g.budget_flops is not None and g.budget_seconds is not None:
+            raise err("growth.budget_seconds", "set either budget_flops or budget_seconds, not both")
+        for key in ("budget_flops", "budget_seconds"):
+            value = getattr(g, key)
+            if value is not None and (value <= 0 or not g.stages):
+                raise err(f"growth.{key}", "must be > 0 and needs growth stages")
         if g.optimizer_state not in ("zero", "copy", "reset"):
             raise err("growth.optimizer_state", f"must be 'zero', 'copy' or 'reset', got {g.optimizer_state!r}")
     u = recipe.unfreeze

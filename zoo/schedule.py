@@ -63,3 +63,51 @@ def stage_index(progress: float, boundaries: Sequence[float]) -> int:
 def boundary_steps(boundaries: Sequence[float], total_steps: int) -> list[int]:
     """The optimizer step at which each fractional boundary takes effect."""
     return [int(math.ceil(b * total_steps - 1e-9)) for b in boundaries]
+
+
+def solve_stage_fractions(
+    nominal: Sequence[float], step_costs: Sequence[float], total_steps: int, budget: float, min_fraction: float = 0.02
+) -> list[float]:
+    """Fractions of training per stage so the run's total cost equals ``budget``, staying close to ``nominal``.
+
+    ``step_costs[i]`` is the cost of one optimizer step of stage i (FLOPs, or seconds measured on this machine).
+    Minimises the squared relative deviation from the recipe's nominal fractions subject to
+    ``sum(f) == 1`` and ``total_steps * sum(f_i * c_i) == budget`` (SLSQP), with every stage at least
+    ``min_fraction`` long. Raises ValueError when the budget is outside what the stages can reach.
+    """
+    import numpy as np
+    from scipy.optimize import minimize
+
+    nominal = np.asarray(nominal, dtype=float)
+    costs = np.asarray(step_costs, dtype=float)
+    if len(nominal) != len(costs) or not np.isclose(nominal.sum(), 1.0):
+        raise ValueError("nominal stage fractions must match the stages and sum to 1")
+    k = len(costs)
+    lo = min_fraction * (costs.sum() - costs.max()) + (1 - min_fraction * (k - 1)) * costs.max()
+    hi_cheap = min_fraction * (costs.sum() - costs.min()) + (1 - min_fraction * (k - 1)) * costs.min()
+    reach = sorted([hi_cheap * total_steps, lo * total_steps])
+    if not reach[0] * (1 - 1e-9) <= budget <= reach[1] * (1 + 1e-9):
+        raise ValueError(f"budget {budget:.4g} outside what these stages can reach ({reach[0]:.4g} .. {reach[1]:.4g})")
+    constraints = [
+        {"type": "eq", "fun": lambda f: f.sum() - 1.0},
+        {"type": "eq", "fun": lambda f: (total_steps * (f * costs).sum() - budget) / budget},
+    ]
+    res = minimize(lambda f: (((f - nominal) / nominal) ** 2).sum(), nominal, method="SLSQP",
+                   bounds=[(min_fraction, 1.0)] * k, constraints=constraints)  # fmt: skip
+    if not res.success:
+        raise ValueError(f"could not fit the stages to the budget: {res.message}")
+    return [float(x) for x in res.x]
+
+
+def fractions_to_boundaries(fractions: Sequence[float]) -> list[float]:
+    """Stage fractions -> the starts of stages 2..k as fractions of training."""
+    out, acc = [], 0.0
+    for f in fractions[:-1]:
+        acc += f
+        out.append(acc)
+    return out
+
+
+def boundaries_to_fractions(boundaries: Sequence[float]) -> list[float]:
+    edges = [0.0, *boundaries, 1.0]
+    return [b - a for a, b in zip(edges, edges[1:])]

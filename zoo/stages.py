@@ -91,14 +91,16 @@ class StagePlan:
     grown: int = 0  # growth stages applied to the current model
 
     @classmethod
-    def from_recipe(cls, recipe: Recipe, total: int) -> StagePlan:
+    def from_recipe(cls, recipe: Recipe, total: int, growth_at: list[float] | None = None) -> StagePlan:
+        """``growth_at`` replaces the recipe's growth stage starts (a budget-solved schedule)."""
         plan = cls(total=total, recipe=recipe)
         u = recipe.unfreeze
         if u is not None and u.mode == "stages":
             steps = boundary_steps([s.at for s in u.stages], total)
             plan.unfreeze_steps = [(st, s.trainable_from) for st, s in zip(steps, u.stages)]
         if recipe.growth is not None:
-            plan.growth_steps = boundary_steps([s.at for s in recipe.growth.stages], total)
+            at = growth_at if growth_at is not None else [s.at for s in recipe.growth.stages]
+            plan.growth_steps = boundary_steps(at, total)
         return plan
 
     def growth_stage(self, step: int) -> int:

@@ -211,9 +211,16 @@ def train(
     if steps_per_epoch < 1:
         raise RecipeError("recipe", "data.batch_size", "larger than the training set")
     total = recipe.schedule.steps or int(math.ceil(recipe.schedule.epochs * steps_per_epoch))
-    plan = StagePlan.from_recipe(recipe, total)
-
     model = build_model(recipe, bundle)
+    growth_at = None
+    g = recipe.growth
+    if g is not None and (g.budget_flops is not None or g.budget_seconds is not None):
+        from zoo.budget import budget_boundaries
+
+        growth_at = budget_boundaries(model, recipe, total, acc.num_processes, out)
+        set_seed(recipe.train.seed)  # measuring consumed random numbers; the run starts from the seed as usual
+        model = build_model(recipe, bundle)
+    plan = StagePlan.from_recipe(recipe, total, growth_at)
     plan.validate(model)
     start_step = 0
     state = None
