@@ -13,13 +13,15 @@ from typing import Any
 
 import torch
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
-from timm.layers import PatchEmbed, resample_abs_pos_embed, trunc_normal_
+from timm.layers import resample_abs_pos_embed, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from zoo.attention import check_routing, resolve_attn_args
 from zoo.layers import Block
 from zoo.routing import RoutedBlock, resolve_route_plan
+from zoo.stems import make_stem
 
 FMNIST_MEAN = (0.2860,)
 FMNIST_STD = (0.3530,)
@@ -30,6 +32,12 @@ def drop_path_rates(drop_path_rate: float, depth: int) -> list[float]:
     return [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
 
 
+def check_attention_routing(attn_type: str, depth: int, routing: dict | None) -> None:
+    """Raise ValueError if ``routing`` would put ``attn_type`` attention into a routed block that cannot run it."""
+    routed = any(c is not None for c in resolve_route_plan(depth, routing))
+    check_routing(attn_type, routed, (routing or {}).get("context", "selected"))
+
+
 class ZooViT(nn.Module):
     """Vision Transformer with timm's interface and the zoo's efficiency hooks.
 
@@ -38,6 +46,9 @@ class ZooViT(nn.Module):
       - ``no_grad_prefix``: number of leading blocks (after the stem) that run without building an autograd graph,
         set by ``zoo.freezing`` when they are frozen; -1 means the stem also builds a graph.
       - ``set_grad_checkpointing(enable, every=k, policy=...)``: activation checkpointing per block.
+
+    ``attn_type`` ("dense", "window", "spatial_reduction", "lowrank", "shared_qk") and ``attn_args`` (its options,
+    e.g. ``{"window_size": 4}``) select every block's attention; see ``zoo.attention``.
     """
 
     def __init__(
@@ -62,6 +73,9 @@ class ZooViT(nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         routing: dict | None = None,
+        attn_type: str = "dense",
+        attn_args: dict | None = None,
+        stem: str = "patch",
         weight_init: str = "",
     ):
         super().__init__()
@@ -73,6 +87,9 @@ class ZooViT(nn.Module):
             img_size = int(img_size[0])
         if global_pool == "token" and not class_token:
             raise ValueError("global_pool='token' needs class_token=True")
+        # defaults filled in, so a saved config.json does not depend on the option defaults of this version
+        attn_args = resolve_attn_args(attn_type, attn_args) or None
+        check_attention_routing(attn_type, depth, routing)
         self.model_args: dict[str, Any] = dict(
             img_size=img_size,
             patch_size=patch_size,
@@ -93,6 +110,9 @@ class ZooViT(nn.Module):
             attn_drop_rate=attn_drop_rate,
             drop_path_rate=drop_path_rate,
             routing=routing,
+            attn_type=attn_type,
+            attn_args=attn_args,
+            stem=stem,
         )
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -103,7 +123,7 @@ class ZooViT(nn.Module):
         self.checkpoint_policy = "full"
         self.no_grad_prefix = -1
 
-        self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim)
+        self.patch_embed = make_stem(stem, img_size, patch_size, in_chans, embed_dim)
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
@@ -133,10 +153,14 @@ class ZooViT(nn.Module):
             proj_drop=a["proj_drop_rate"],
             attn_drop=a["attn_drop_rate"],
             drop_path=dpr,
+            attn_type=a.get("attn_type", "dense"),
+            attn_args=a.get("attn_args"),
+            grid_size=tuple(self.patch_embed.grid_size),
         )
         if capacity is None:
-            return Block(**kw)
+            return Block(**kw, num_prefix_tokens=self.num_prefix_tokens)
         r = a["routing"] or {}
+        # RoutedBlock keeps num_prefix_tokens for itself; its attention is token-agnostic (check_attention_routing)
         return RoutedBlock(
             **kw,
             capacity=capacity,
@@ -294,6 +318,7 @@ class ZooViT(nn.Module):
         Router weights start at zero (gate 1), so at capacity 1.0 the converted model computes the same function.
         """
         plan = resolve_route_plan(len(self.blocks), routing)
+        check_attention_routing(self.model_args.get("attn_type", "dense"), len(self.blocks), routing)
         self.model_args["routing"] = routing
         for i, cap in enumerate(plan):
             old = self.blocks[i]
@@ -306,10 +331,19 @@ class ZooViT(nn.Module):
 
     # ---------------------------------------------------------------------------------------------- input size
     def set_input_size(self, img_size: int) -> None:
-        """Change the input resolution, resampling the position embedding (used by resolution growth)."""
+        """Change the input resolution, resampling the position embedding (used by resolution growth).
+
+        Grid-aware attention (window, spatial reduction) follows the new patch grid; low-rank attention raises a
+        ValueError for a different token count, before anything changes.
+        """
         old_grid = self.patch_embed.grid_size
+        target = tuple(s // p for s, p in zip(to_2tuple(img_size), self.patch_embed.patch_size))
+        for blk in self.blocks:
+            blk.attn.check_grid_size(target)
         self.patch_embed.set_input_size(img_size=img_size)
         new_grid = self.patch_embed.grid_size
+        for blk in self.blocks:
+            blk.attn.set_grid_size(new_grid)
         if new_grid != old_grid:
             with torch.no_grad():
                 pe = resample_abs_pos_embed(
