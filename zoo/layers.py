@@ -7,6 +7,8 @@ methods: a routed block needs ``f(x_sel)`` without the residual, and growth oper
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, LayerScale, Mlp
@@ -17,8 +19,16 @@ class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv projection (timm layout) on SDPA.
 
     ``context`` lets a subset of tokens (the queries) attend to a larger set (the keys/values); the routed block uses
-    it for its ``context: all`` mode. Without it this is ordinary self-attention.
+    it for its ``context: all`` mode. Without it this is ordinary self-attention. The efficient variants in
+    ``zoo.attention`` subclass this and are selected by ``Block(attn_type=...)``.
     """
+
+    #: True if the variant only runs on the complete ``[prefix; patch grid]`` sequence (not on a routed subset)
+    needs_full_sequence: ClassVar[bool] = False
+    #: True if ``forward(x, context=...)`` is supported
+    supports_context: ClassVar[bool] = True
+    #: variant options (``attn_args``) and their defaults
+    options: ClassVar[dict[str, int]] = {}
 
     def __init__(
         self,
@@ -28,6 +38,8 @@ class Attention(nn.Module):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         head_dim: int | None = None,
+        grid_size: tuple[int, int] | None = None,
+        num_prefix_tokens: int = 0,
     ):
         super().__init__()
         if head_dim is None and dim % num_heads:
@@ -41,6 +53,17 @@ class Attention(nn.Module):
         self.attn_drop = attn_drop
         self.proj = nn.Linear(self.attn_dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        # unused by dense attention; kept so every variant in zoo.attention shares one constructor and grid interface
+        self.grid_size = None if grid_size is None else tuple(grid_size)
+        self.num_prefix_tokens = num_prefix_tokens
+
+    def check_grid_size(self, grid_size: tuple[int, int]) -> None:
+        """Raise ValueError if this attention cannot run on patch grid ``grid_size`` (called before any change)."""
+
+    def set_grid_size(self, grid_size: tuple[int, int]) -> None:
+        """Follow a new input resolution (``ZooViT.set_input_size``); validates first."""
+        self.check_grid_size(grid_size)
+        self.grid_size = tuple(grid_size)
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         B, N, _ = t.shape
@@ -78,7 +101,11 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block, timm-compatible, with the residual branches as separate methods."""
+    """Pre-norm transformer block, timm-compatible, with the residual branches as separate methods.
+
+    ``attn_type`` / ``attn_args`` pick the attention from ``zoo.attention.ATTENTION_TYPES`` ("dense" is
+    ``Attention``); ``grid_size`` and ``num_prefix_tokens`` describe the token layout the grid-aware variants need.
+    """
 
     def __init__(
         self,
@@ -92,11 +119,27 @@ class Block(nn.Module):
         drop_path: float = 0.0,
         mlp_hidden: int | None = None,
         head_dim: int | None = None,
+        attn_type: str = "dense",
+        attn_args: dict | None = None,
+        grid_size: tuple[int, int] | None = None,
+        num_prefix_tokens: int = 0,
     ):
         super().__init__()
+        # imported here: zoo.attention subclasses Attention from this module
+        from zoo.attention import build_attention
+
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(
-            dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop, head_dim=head_dim
+        self.attn = build_attention(
+            attn_type,
+            dim,
+            num_heads,
+            attn_args,
+            qkv_bias=qkv_bias,
+            attn_drop=attn_drop,
+            proj_drop=proj_drop,
+            head_dim=head_dim,
+            grid_size=grid_size,
+            num_prefix_tokens=num_prefix_tokens,
         )
         self.ls1 = LayerScale(dim, init_values=init_values) if init_values else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
