@@ -16,6 +16,12 @@ and implements ``forward(x, context=None)`` on the full sequence ``[prefix token
 
 (A = num_heads * head_dim.) "Full sequence only" variants cannot run inside a routed block (which gathers a subset of
 tokens in score order): ``check_routing`` raises, and ``ZooViT`` calls it before building or converting blocks.
+
+Growth (``zoo.growth``): window and spatial reduction have a dense block's parameters, so every operator applies and
+``set_grid_size`` follows resolution growth. Low-rank: depth, MLP and head growth apply; resolution growth raises
+ValueError (E/F are tied to N) and width growth raises NotImplementedError (``growth._role`` has no rule for E/F).
+Shared-QK: depth, MLP, width and resolution growth apply; head growth does NOT (``grow_heads`` splits qkv into three
+blocks and has no guard for the [qk; v] layout yet).
 """
 
 from __future__ import annotations
@@ -39,10 +45,10 @@ __all__ = [
     "check_routing",
     "reduce_patch_tokens",
     "resolve_attn_args",
+    "window_grid",
     "window_key_mask",
     "window_merge",
     "window_partition",
-    "window_grid",
 ]
 
 
@@ -111,7 +117,9 @@ def window_key_mask(
     return torch.cat([prefix, valid], dim=1)
 
 
-def reduce_patch_tokens(x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int, ratio: int) -> torch.Tensor:
+def reduce_patch_tokens(
+    x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int, ratio: int
+) -> torch.Tensor:
     """[prefix; patches] (B, N, C) -> [prefix; avg-pooled patches] (B, P + ceil(Hg/r) * ceil(Wg/r), C).
 
     Non-overlapping ``ratio`` x ``ratio`` average pooling; edge cells of a grid that ``ratio`` does not divide average
@@ -174,7 +182,7 @@ class WindowAttention(Attention):
         def keys(t: torch.Tensor) -> torch.Tensor:
             # every window sees the prefix keys first, then its own patch keys (same order as dense attention)
             win = window_partition(t[:, :, P:], self.grid_size, ws)
-            pre = t[:, :, :P].unsqueeze(2).expand(-1, -1, n_win, -1, -1).reshape(B, H * n_win, P, -1)
+            pre = t[:, :, :P].unsqueeze(2).expand(-1, -1, n_win, -1, -1).reshape(B, H * n_win, P, self.head_dim)
             return torch.cat([pre, win], dim=2)
 
         mask = window_key_mask(self.grid_size, ws, P, device=x.device)

@@ -16,6 +16,7 @@ the saved logsumexp instead of storing the N x N attention map.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,6 +27,8 @@ __all__ = [
     "SDPA_CPU_FLOP_MAPPING",
     "analytical_routed_vit_flops",
     "analytical_vit_flops",
+    "attention_block_flops",
+    "attention_flops",
     "count_flops",
     "sdpa_cpu_backward_flop",
     "sdpa_cpu_flop",
@@ -236,3 +239,62 @@ def analytical_routed_vit_flops(
         else:
             per_image += vit_block_flops(tokens, dim, mlp_hidden, attn_dim=attn_dim)
     return batch * per_image
+
+
+def attention_flops(
+    attn_type: str,
+    grid_size: tuple[int, int],
+    num_prefix_tokens: int,
+    dim: int,
+    attn_dim: int | None = None,
+    attn_args: dict | None = None,
+) -> int:
+    """Forward matmul FLOPs of one ``zoo.attention`` module (projections + attention) for one image.
+
+    With P prefix tokens, an Hg x Wg grid, N = P + Hg*Wg and A = ``attn_dim`` (default ``dim``):
+      - dense: qkv 2*N*dim*3A, QK^T + AV 4*N*N*A, proj 2*N*A*dim;
+      - window (ws): prefix queries over all N keys, and every padded window's ws^2 queries (padding included, it
+        is computed and dropped) over P + ws^2 keys: 4*A*(P*N + nW*ws^2*(P + ws^2)), nW = ceil(Hg/ws)*ceil(Wg/ws);
+      - spatial_reduction (r): q over N tokens, k/v over M = P + ceil(Hg/r)*ceil(Wg/r): 2*N*dim*A + 2*M*dim*2A,
+        attention 4*N*M*A (pooling is not a matmul);
+      - lowrank (k_len): dense qkv, E K and F V 2 * 2*k_len*N*A, attention 4*N*k_len*A;
+      - shared_qk: qkv 2*N*dim*2A (one projection for q and k), attention as dense (the self-mask is not discounted).
+    """
+    from zoo.attention import resolve_attn_args, window_grid  # lazy: keeps ``import zoo.flops`` cheap
+
+    opts = resolve_attn_args(attn_type, attn_args)
+    a = dim if attn_dim is None else attn_dim
+    P, hw = num_prefix_tokens, grid_size[0] * grid_size[1]
+    n = P + hw
+    proj = 2 * n * a * dim
+    if attn_type == "dense":
+        return 2 * n * dim * 3 * a + 4 * n * n * a + proj
+    if attn_type == "window":
+        ws = opts["window_size"]
+        nh, nw = window_grid(grid_size, ws)
+        return 2 * n * dim * 3 * a + 4 * a * (P * n + nh * nw * ws * ws * (P + ws * ws)) + proj
+    if attn_type == "spatial_reduction":
+        r = opts["sr_ratio"]
+        m = P + math.ceil(grid_size[0] / r) * math.ceil(grid_size[1] / r)
+        return 2 * n * dim * a + 2 * m * dim * 2 * a + 4 * n * m * a + proj
+    if attn_type == "lowrank":
+        k = opts["k_len"]
+        return 2 * n * dim * 3 * a + 2 * 2 * k * n * a + 4 * n * k * a + proj
+    if attn_type == "shared_qk":
+        return 2 * n * dim * 2 * a + 4 * n * n * a + proj
+    raise ValueError(f"no FLOP formula for attn_type {attn_type!r}")
+
+
+def attention_block_flops(
+    attn_type: str,
+    grid_size: tuple[int, int],
+    num_prefix_tokens: int,
+    dim: int,
+    mlp_hidden: int,
+    attn_dim: int | None = None,
+    attn_args: dict | None = None,
+) -> int:
+    """Forward matmul FLOPs of one ZooViT block with ``attn_type`` attention (``attention_flops`` + fc1 + fc2)."""
+    n = num_prefix_tokens + grid_size[0] * grid_size[1]
+    mlp = 2 * n * dim * mlp_hidden + 2 * n * mlp_hidden * dim
+    return attention_flops(attn_type, grid_size, num_prefix_tokens, dim, attn_dim, attn_args) + mlp

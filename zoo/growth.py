@@ -45,7 +45,7 @@ _WRITERS = ("patch_embed.proj.weight", "patch_embed.proj.bias", "norm1.weight", 
             "norm2.bias", "ls1.gamma", "ls2.gamma", "attn.proj.weight", "attn.proj.bias", "mlp.fc2.weight",
             "mlp.fc2.bias", "norm.weight", "norm.bias")  # fmt: skip
 _READERS = ("attn.qkv.weight", "mlp.fc1.weight", "router.weight", "head.weight")
-_UNTOUCHED = ("attn.qkv.bias", "mlp.fc1.bias", "router.bias", "head.bias")
+_UNTOUCHED = ("attn.qkv.bias", "mlp.fc1.bias", "router.bias", "head.bias", "attn.e_proj", "attn.f_proj")
 _TOKENS = ("cls_token", "reg_token", "pos_embed")
 
 
@@ -255,6 +255,11 @@ def grow_heads(
     H, Dh = attn.num_heads, attn.head_dim
     if new_heads < H:
         raise ValueError(f"grow_heads: {new_heads} heads is fewer than the current {H}")
+    if attn.qkv.out_features != 3 * attn.num_heads * attn.head_dim:
+        # shared-QK attention fuses [qk; v]: heads there would need their own map (not implemented)
+        raise ValueError(
+            f"grow_heads: needs a fused [q; k; v] projection, attn_type is {model.model_args.get('attn_type')!r}"
+        )
     model.model_args["head_dim"] = Dh
     old, flags = _snapshot(model)
     maps: list[ParamMap] = []
