@@ -166,16 +166,6 @@ def test_kill_inside_checkpoint_write_before_train_state(references, tmp_path):
     assert_matches_reference(out, references["plain"])
 
 
-def test_kill_after_rename_before_prune(references, tmp_path):
-    recipe, out = write_recipe(tmp_path, "plain"), tmp_path / "run"
-    rc, _ = run(recipe, out, fault="ckpt_before_prune:4")
-    assert rc == KILLED
-    assert checkpoint_steps(out) == [2, 4] and leftovers(out) == []
-    assert ckpt.read_state(ckpt.latest_valid(out / "checkpoints"))["step"] == 4
-    resume_to_end(recipe, out)
-    assert_matches_reference(out, references["plain"])
-
-
 def test_kill_at_unfreeze_boundary_checkpoint(references, tmp_path):
     # step 6 is an unfreeze boundary: restructured, event logged, killed while writing its checkpoint -> the resume
     # starts from step 4 and crosses the boundary again
@@ -205,15 +195,18 @@ def test_kill_right_after_growth_boundary(references, tmp_path):
     assert any("loss_after_event" in r and r["step"] == 7 for r in records(out))
 
 
-def test_damaged_latest_checkpoint_and_several_resumes(references, tmp_path):
+def test_kill_before_prune_damaged_latest_and_several_resumes(references, tmp_path):
+    # kill 1: step 8 is complete and renamed into place, step 4 not pruned yet (at step 4 nothing is due for pruning
+    # with keep_checkpoints 2, so step 8 is where this fault point matters)
     recipe, out = write_recipe(tmp_path, "plain"), tmp_path / "run"
     rc, _ = run(recipe, out, fault="ckpt_before_prune:8")
-    assert rc == KILLED and checkpoint_steps(out) == [4, 6, 8]
+    assert rc == KILLED and checkpoint_steps(out) == [4, 6, 8] and leftovers(out) == []
+    assert ckpt.read_state(ckpt.latest_valid(out / "checkpoints"))["step"] == 8
     weights = out / "checkpoints" / ckpt.checkpoint_name(8) / "model.safetensors"
     with open(weights, "r+b") as f:  # torn write: the header survives, the tensor data does not
         f.truncate(weights.stat().st_size // 2)
-    # resume 1: skips the damaged step 8 with a warning, resumes from 6, re-saves step 8 over the damaged folder,
-    # and is killed again while writing step 10
+    # resume 1: skips the damaged step 8 with a warning, resumes from 6, re-saves step 8 over the damaged folder
+    # (the replace-an-existing-step path), prunes, and is killed again while writing step 10
     rc, err = run(recipe, out, "--resume", fault="ckpt_before_state:10")
     assert rc == KILLED
     assert "skipping damaged checkpoint" in err and ckpt.checkpoint_name(8) in err, err[-3000:]

@@ -3,8 +3,9 @@
 A checkpoint is a folder ``checkpoints/step_XXXXXXXX`` holding Accelerate's state (model safetensors, optimizer, RNG
 per process) plus ``train_state.json`` (step, epoch, structure stage) and ``ema.safetensors``. It is written under a
 temporary name and renamed only when complete, so a kill during the write leaves at most a ``.tmp-*`` folder that is
-ignored and cleaned up. Explicit folder names also avoid Accelerate's automatic naming, whose counter is not restored
-by ``load_state``.
+ignored and cleaned up (``zoo.faults`` SIGKILLs the process at points inside ``finalize`` to test exactly that:
+``ZOO_FAULT=ckpt_before_state:N`` or ``ckpt_before_prune:N``). Explicit folder names also avoid Accelerate's automatic
+naming, whose counter is not restored by ``load_state``.
 """
 
 from __future__ import annotations

@@ -141,7 +141,7 @@ def _extensions():
     """Subcommands that live with their own modules (profile, bench, plan, ...)."""
     from zoo import cli_measure
 
-    return [cli_measure.register]
+    return [cli_measure.register, __import__("zoo.cli_publish", fromlist=["_"]).register]
 
 
 def main(argv: list[str] | None = None) -> int:

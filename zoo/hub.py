@@ -15,12 +15,15 @@ from typing import Any
 
 import timm
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_model
 from torch import nn
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+# pretrained_cfg keys that locate weights: never exported (a config must not point a loader at another file) and
+# dropped on load; the loaders here only ever read the two fixed file names above, inside the folder
+SOURCE_KEYS = ("file", "source", "hf_hub_id", "hf_hub_filename", "url", "state_dict", "custom_load")
 
 
 class ModelLoadError(ValueError):
@@ -31,14 +34,27 @@ class ModelLoadError(ValueError):
         super().__init__(f"{source}: {field}: {message}")
 
 
-def weights_hash(model: nn.Module) -> str:
-    """sha256 over parameter names, shapes and bytes (stored in safetensors metadata: the format has no checksum)."""
+class PublishError(ValueError):
+    """A folder or repo that cannot be pushed (offline, no token, not a loadable folder); names the file/field."""
+
+    def __init__(self, source: str, field: str, message: str):
+        self.source, self.field = source, field
+        super().__init__(f"{source}: {field}: {message}")
+
+
+def state_hash(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over tensor names, shapes and bytes (stored in safetensors metadata: the format has no checksum)."""
     h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
+    for name, t in sorted(state.items()):
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def weights_hash(model: nn.Module) -> str:
+    """:func:`state_hash` of the model's state dict (what ``save_model_folder`` stores as ``weights_sha256``)."""
+    return state_hash(model.state_dict())
 
 
 def json_safe(obj: Any) -> Any:
@@ -53,7 +69,7 @@ def json_safe(obj: Any) -> Any:
 def model_config(model: nn.Module) -> dict:
     """timm ``config.json`` content for a zoo model, with the *current* architecture (after growth / routing)."""
     cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
-    for k in ("file", "source", "hf_hub_id", "url", "state_dict", "custom_load"):
+    for k in SOURCE_KEYS:
         cfg.pop(k, None)
     args = dict(model.model_args)
     cfg["input_size"] = [args["in_chans"], args["img_size"], args["img_size"]]
@@ -76,20 +92,29 @@ def _replace_atomic(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
-def save_model_folder(model: nn.Module, folder: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` (each atomically: temp file + rename)."""
+def save_model_folder(
+    model: nn.Module, folder: str | Path, metadata: dict[str, str] | None = None, config_extra: dict | None = None
+) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` (each atomically: temp file + rename).
+
+    ``metadata`` adds safetensors header entries (e.g. ``recipe_hash``); ``config_extra`` updates top-level
+    ``config.json`` fields (e.g. ``label_names``) and ``pretrained_cfg`` entries (under that key, e.g. mean/std).
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cfg = model_config(model)
+    extra = dict(config_extra or {})
+    cfg["pretrained_cfg"].update(json_safe(extra.pop("pretrained_cfg", {})))
+    cfg.update(json_safe(extra))
     import zoo
 
     meta = {"architecture": cfg["architecture"], "zoo_version": zoo.__version__, "weights_sha256": weights_hash(model)}
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
-    tmp_w = folder / f".{WEIGHTS_NAME}.tmp"
+    tmp_w, tmp_c = folder / f".{WEIGHTS_NAME}.tmp", folder / f".{CONFIG_NAME}.tmp"
     save_model(model, str(tmp_w), metadata=meta)
-    _replace_atomic(tmp_w, folder / WEIGHTS_NAME)
-    tmp_c = folder / f".{CONFIG_NAME}.tmp"
     tmp_c.write_text(json.dumps(cfg, indent=2) + "\n")
+    os.chmod(tmp_w, os.stat(tmp_c).st_mode & 0o777)  # safetensors creates 0600 files; use the umask like the config
+    _replace_atomic(tmp_w, folder / WEIGHTS_NAME)
     _replace_atomic(tmp_c, folder / CONFIG_NAME)
     return folder
 
@@ -113,13 +138,29 @@ def read_config(path: Path) -> dict:
     return cfg
 
 
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
+def read_metadata(path: Path) -> dict[str, str]:
+    """The safetensors header metadata (str -> str; empty when the file has none)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelLoadError(str(path), "<file>", f"corrupt or truncated safetensors: {e}") from None
+
+
+def read_weights(path: Path, verify: bool = True) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file; when its metadata holds ``weights_sha256`` the tensors must match it (bytes
+    corrupted inside an intact data section otherwise load silently)."""
     if not path.is_file():
         raise ModelLoadError(str(path), "<file>", "weights file not found (only safetensors is accepted)")
     try:
-        return load_file(str(path), device="cpu")
+        state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelLoadError(str(path), "<file>", f"corrupt or truncated safetensors: {e}") from None
+    expected = read_metadata(path).get("weights_sha256") if verify else None
+    if expected and state_hash(state) != expected:
+        msg = "the tensors do not match the stored hash: the file is corrupted or was modified after saving"
+        raise ModelLoadError(str(path), "weights_sha256", msg)
+    return state
 
 
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -163,7 +204,9 @@ def load_folder(folder: str | Path, **overrides) -> nn.Module:
         args.setdefault("num_classes", cfg["num_classes"])
     model = _build(cfg["architecture"], args, str(cfg_path))
     load_state_strict(model, read_weights(folder / WEIGHTS_NAME), str(folder / WEIGHTS_NAME))
-    pcfg = dict(cfg.get("pretrained_cfg", {}))
+    pcfg = {k: v for k, v in dict(cfg.get("pretrained_cfg") or {}).items() if k not in SOURCE_KEYS}
+    if isinstance(cfg.get("label_names"), list):
+        pcfg["label_names"] = cfg["label_names"]
     pcfg.update(architecture=cfg["architecture"], file=str(folder), source="local-dir")
     model.pretrained_cfg = pcfg
     if "num_classes" in overrides and overrides["num_classes"] != model.num_classes:
@@ -172,18 +215,30 @@ def load_folder(folder: str | Path, **overrides) -> nn.Module:
 
 
 def hub_folder(repo_id: str, revision: str | None = None) -> Path:
-    """Download (or find in the cache, offline) a hub repo's config and weights; returns the local folder."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    """Download (or find in the cache, offline) a hub repo's config and weights; returns the local snapshot folder.
 
+    Both files come from one commit: the weights are fetched at the commit the config resolved to.
+    """
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HFValidationError, LocalEntryNotFoundError
+
+    source = f"hf-hub:{repo_id}" + (f"@{revision}" if revision else "")
+    offline = constants.is_offline_mode()
     try:
-        cfg = hf_hub_download(repo_id, CONFIG_NAME, revision=revision)
-        hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision)
+        cfg = Path(hf_hub_download(repo_id, CONFIG_NAME, revision=revision))
+        hf_hub_download(repo_id, WEIGHTS_NAME, revision=cfg.parent.name)
     except LocalEntryNotFoundError as e:
+        why = "HF_HUB_OFFLINE is set" if offline else "the hub is unreachable"
         raise ModelLoadError(
-            f"hf-hub:{repo_id}", "<repo>", f"not in the local hub cache and the hub is unreachable or offline: {e}"
+            source, "<repo>", f"not in the local hub cache ({constants.HF_HUB_CACHE}) and {why}: {e}"
         ) from None
-    return Path(cfg).parent
+    except EntryNotFoundError as e:
+        raise ModelLoadError(source, "<repo>", f"the repo has no {CONFIG_NAME} / {WEIGHTS_NAME}: {e}") from None
+    except HFValidationError as e:
+        raise ModelLoadError(source, "<repo>", f"not a valid repo id: {e}") from None
+    except (OSError, ValueError) as e:  # HTTP errors (repo not found, gated, 401), connection errors
+        raise ModelLoadError(source, "<repo>", f"cannot download: {type(e).__name__}: {e}") from None
+    return cfg.parent
 
 
 def load_model(source: str, **overrides) -> nn.Module:
@@ -215,3 +270,47 @@ def load_timm_weights(model: nn.Module, file: str | Path) -> nn.Module:
             state[k] = own[k]
     load_state_strict(model, state, str(file))
     return model
+
+
+PUSH_FILES = (CONFIG_NAME, WEIGHTS_NAME, "README.md", "*.png", "*.json", "*.jsonl", "*.yaml")
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def push_folder(folder: str | Path, repo_id: str, private: bool = False, message: str | None = None) -> str:
+    """Upload a model folder to the hub with ``HfApi`` (token from ``HF_TOKEN``); returns the commit URL.
+
+    Refuses before any network call when offline (``HF_HUB_OFFLINE``), without a token, or when the folder does
+    not load (weights are verified against their stored hash first).
+    """
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.utils import validate_repo_id
+
+    folder = Path(folder)
+    try:
+        validate_repo_id(repo_id)
+    except ValueError as e:
+        raise PublishError(repo_id, "<repo_id>", f"not a valid hub repo id (ORG/NAME): {e}") from None
+    if "/" not in repo_id:
+        raise PublishError(repo_id, "<repo_id>", "expected ORG/NAME")
+    load_folder(folder)  # a ModelLoadError names the broken file
+    if not (folder / "README.md").is_file():
+        raise PublishError(str(folder / "README.md"), "<file>", "no model card: write the folder with `zoo export`")
+    if constants.is_offline_mode() or _env_true("HF_HUB_OFFLINE"):
+        raise PublishError(f"hf-hub:{repo_id}", "HF_HUB_OFFLINE", "offline mode is set: cannot upload; unset it")
+    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    if not token:
+        raise PublishError(f"hf-hub:{repo_id}", "HF_TOKEN", "no token in the environment: set HF_TOKEN (write scope)")
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    info = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        repo_type="model",
+        allow_patterns=list(PUSH_FILES),
+        ignore_patterns=[".*"],
+        commit_message=message or f"Upload {folder.name} with zoo push",
+    )
+    return str(getattr(info, "commit_url", info))

@@ -71,6 +71,11 @@ def make_accelerator(recipe: Recipe, out: Path, precision: str) -> Accelerator:
     if precision == "fp16" and not cuda:
         raise RecipeError("recipe", "train.precision", "fp16 needs a CUDA GPU (Accelerate ignores it on CPU); use bf16")
     mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    # Accelerate keeps one process-wide AcceleratorState and refuses a second Accelerator with another precision;
+    # a process may train several runs (bench, tests), so start each from a fresh state (the process group stays)
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
     dl_cfg = DataLoaderConfiguration(use_seedable_sampler=True, data_seed=recipe.train.seed)
     acc = Accelerator(
         mixed_precision=mp,
@@ -81,7 +86,8 @@ def make_accelerator(recipe: Recipe, out: Path, precision: str) -> Accelerator:
     )
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and acc.num_processes != world:
-        # torchrun without ACCELERATE_USE_CPU=1 on a GPU-less machine trains independent copies without any error
+        # an Accelerator that does not join torchrun's group would train independent copies without any error
+        # (seen with Accelerator() lacking cpu=True on a GPU-less machine); we pass cpu=True there, this guards the rest
         raise RuntimeError(
             f"launched with WORLD_SIZE={world} but Accelerate sees {acc.num_processes} process(es): on CPU launch with "
             "`ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N -m zoo.cli train ...` so the processes form one group"
@@ -388,6 +394,7 @@ def save_checkpoint(acc: Accelerator, model, ema, ckpt_dir: Path, step: int, pla
     tmp = ckpt.temp_folder(ckpt_dir, step) if acc.is_main_process else ckpt_dir / f".tmp-{ckpt.checkpoint_name(step)}"
     acc.wait_for_everyone()
     acc.save_state(str(tmp))
+    acc.wait_for_everyone()  # every rank's random_states_<rank>.pkl is in tmp before the main process renames it
     if acc.is_main_process:
         if ema is not None:
             save_safetensors_model(ema.module, str(tmp / "ema.safetensors"))
