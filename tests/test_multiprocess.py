@@ -77,6 +77,7 @@ if "LOCAL_RANK" in os.environ:
         _zt.random_crop_flip, _zt.check_ranks_identical = _crop_probe, _check_probe
 '''
 
+
 class CheckpointRace(AssertionError):
     """A worker failed writing into a checkpoint folder that the main process had already renamed.
 

@@ -90,3 +90,10 @@ def param_groups(
             out[key]["params"].append(p)
             out[key]["names"].append(n)
     return list(out.values())
+
+
+def set_group_lrs(optimizer, lr: float) -> None:
+    """Set every group's LR to ``lr * lr_scale``: this is where layer decay and ``lr_mult`` take effect, every step,
+    whatever produced ``lr`` (no scheduler object that could ignore ``lr_scale``)."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)

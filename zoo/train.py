@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from zoo import checkpoint as ckpt
 from zoo.data import build_datasets, make_loader, normalize, random_crop_flip
+from zoo.freezing import set_group_lrs
 from zoo.hub import save_model_folder, weights_hash
 from zoo.manifest import collect_manifest, recipe_hash, write_json_atomic
 from zoo.recipe import Recipe, RecipeError, dump_recipe
@@ -284,8 +285,7 @@ def train(
         for _ in range(in_epoch, steps_per_epoch):
             set_numbers(acc.unwrap_model(model), plan, step)
             factor = lr_factor(step, total, warmup, recipe.schedule.min_lr_ratio, plan.rewarm_steps(), rewarm)
-            for g in optimizer.param_groups:
-                g["lr"] = recipe.optim.lr * g.get("lr_scale", 1.0) * factor
+            set_group_lrs(optimizer, recipe.optim.lr * factor)
             loss_sum = 0.0
             for m in range(acc_steps):
                 x, y = next(it)
