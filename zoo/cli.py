@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 EXIT_INPUT_ERROR = 2
+EXIT_NONFINITE = 3
 DEFAULT_RECIPE = "fmnist_micro_dense"
 
 
@@ -152,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         # RecipeError, DataError and ModelLoadError are ValueErrors whose message names the file and the field
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INPUT_ERROR
+    except FloatingPointError as e:  # non-finite loss under train.nonfinite: stop (the last good checkpoint is kept)
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_NONFINITE
 
 
 if __name__ == "__main__":
