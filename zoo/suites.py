@@ -260,3 +260,62 @@ def memory_suite(quick: bool, out: Path, seeds: list[int], allow_mismatch: bool 
     ]
     (out / "memory.md").write_text(markdown_table(rows, cols) + "\n")
     return res
+
+
+# ------------------------------------------------------------------------------------------------------- growth
+def _growth_compute_fraction(recipe_name: str) -> float:
+    """Training FLOPs of a growth recipe relative to training its final architecture throughout (FLOPs per step of
+    each stage, weighted by the stage's share of the steps)."""
+    import torch.nn.functional as F
+
+    from zoo.budget import stage_models
+    from zoo.cli import resolve_recipe_path
+    from zoo.data import build_datasets
+    from zoo.flops import count_flops
+    from zoo.recipe import load_recipe
+    from zoo.schedule import boundaries_to_fractions
+    from zoo.stages import build_model
+    from zoo.steps import random_batch
+
+    recipe = load_recipe(resolve_recipe_path(recipe_name))
+    bundle = build_datasets(recipe.data.name, train_subset=16, test_subset=16)
+    models = stage_models(build_model(recipe, bundle), recipe)
+    costs = []
+    for m in models:
+        x, y = random_batch(m, 8)
+        costs.append(count_flops(m.train(), x, loss_fn=lambda out, y=y: F.cross_entropy(out, y))[0])
+    fractions = boundaries_to_fractions([s.at for s in recipe.growth.stages])
+    return sum(f * c for f, c in zip(fractions, costs)) / costs[-1]
+
+
+@suite("growth")
+def growth_suite(quick: bool, out: Path, seeds: list[int], allow_mismatch: bool = False) -> dict:
+    """Full-depth dense baseline vs growth schedules (depth, resolution, both), plus the control the literature asks
+    for (No Train No Gain): the baseline given the growth run's compute, with its LR fully decayed in that budget."""
+    fraction = _growth_compute_fraction("fmnist_grow_both")
+    epochs = 9.0
+    control_epochs = round(epochs * fraction, 2)
+    res: dict = {"grow_both_compute_fraction": fraction, "control_epochs": control_epochs}
+    if quick:  # real runs on a 10k-image subset for 2 epochs: wall-clock and accuracy deltas, one seed
+        short = ["data.train_subset=10000", "schedule.epochs=2"]
+        arms = [Arm("dense", "fmnist_micro_dense", short), Arm("grow_both", "fmnist_grow_both", short)]
+        records = run_arms(arms, seeds[:1], out / "runs", allow_mismatch=allow_mismatch)
+    else:
+        arms = [
+            Arm("dense", "fmnist_micro_dense"),
+            Arm("grow_depth", "fmnist_grow_depth"),
+            Arm("grow_resolution", "fmnist_grow_resolution"),
+            Arm("grow_both", "fmnist_grow_both"),
+            Arm("dense_compute_matched", "fmnist_micro_dense", [f"schedule.epochs={control_epochs}"]),
+        ]
+        records = run_arms(arms, seeds, out / "runs", allow_mismatch=allow_mismatch)
+        res.update(_arms_report(records, "dense", out))
+    by_arm: dict[str, list[dict]] = {}
+    for r in records:
+        by_arm.setdefault(r["arm"], []).append(r)
+    base_wall = sum(r["wall_clock_s"] for r in by_arm["dense"]) / len(by_arm["dense"])
+    base_acc = sum(r["acc"] for r in by_arm["dense"]) / len(by_arm["dense"])
+    grow = by_arm["grow_both"]
+    res["speedup"] = base_wall / (sum(r["wall_clock_s"] for r in grow) / len(grow))
+    res["acc_delta"] = 100 * (sum(r["acc"] for r in grow) / len(grow) - base_acc)
+    return res
