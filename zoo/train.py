@@ -269,7 +269,8 @@ def train(
     acc_steps = recipe.train.accumulation
     bar = tqdm(total=total, initial=start_step, disable=not (progress and main), desc=out.name, dynamic_ncols=True)
     step = start_step
-    t0 = time.perf_counter()
+    # wall-clock spans sessions: a resumed run continues the clock of its checkpoint
+    t0 = time.perf_counter() - (float(state.get("elapsed_s", 0.0)) if state is not None else 0.0)
     seen = 0
     last = {"eval_acc": float("nan"), "eval_loss": float("nan")}
     eval_every = max(1, int(round(recipe.train.eval_every * steps_per_epoch)))
@@ -352,7 +353,7 @@ def train(
                 bar.set_postfix(acc=f"{a:.4f}")
             stopping = stop_after is not None and step >= stop_after
             if step % ckpt_every == 0 or step == total or stopping:
-                save_checkpoint(acc, model, ema, ckpt_dir, step, plan, recipe)
+                save_checkpoint(acc, model, ema, ckpt_dir, step, plan, recipe, time.perf_counter() - t0)
             if stopping and step < total:
                 bar.close()
                 return RunResult(
@@ -369,6 +370,14 @@ def train(
     check_ranks_identical(acc, acc.unwrap_model(model), "end of training")
     wall = time.perf_counter() - t0
     final_model = ema.module if ema is not None else acc.unwrap_model(model)
+    # the exported folder carries the data's normalisation and labels, so it is usable without the recipe
+    final_model.pretrained_cfg = {
+        **getattr(final_model, "pretrained_cfg", {}),
+        "mean": tuple(mean),
+        "std": tuple(std),
+        "num_classes": bundle.num_classes,
+        "label_names": list(bundle.class_names or []),
+    }
     if main:
         save_model_folder(final_model, out / "model", metadata={"recipe_hash": recipe_hash(recipe.to_dict())})
         summary = {
@@ -379,6 +388,7 @@ def train(
             "img_per_s": seen / max(wall, 1e-9),
             "resumed_from": start_step,
             "precision": precision,
+            "test_images": len(bundle.test_y),
             "num_processes": acc.num_processes,
             **peak_memory(),
         }
@@ -389,7 +399,9 @@ def train(
     return RunResult(out, last["eval_acc"], last["eval_loss"], total, wall, seen / max(wall, 1e-9))
 
 
-def save_checkpoint(acc: Accelerator, model, ema, ckpt_dir: Path, step: int, plan: StagePlan, recipe: Recipe) -> None:
+def save_checkpoint(
+    acc: Accelerator, model, ema, ckpt_dir: Path, step: int, plan: StagePlan, recipe: Recipe, elapsed_s: float
+) -> None:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     tmp = ckpt.temp_folder(ckpt_dir, step) if acc.is_main_process else ckpt_dir / f".tmp-{ckpt.checkpoint_name(step)}"
     acc.wait_for_everyone()
@@ -398,7 +410,8 @@ def save_checkpoint(acc: Accelerator, model, ema, ckpt_dir: Path, step: int, pla
     if acc.is_main_process:
         if ema is not None:
             save_safetensors_model(ema.module, str(tmp / "ema.safetensors"))
-        state = {"step": step, "stage": plan.describe(step), "recipe_hash": recipe_hash(recipe.to_dict())}
+        state = {"step": step, "stage": plan.describe(step), "recipe_hash": recipe_hash(recipe.to_dict()),
+                 "elapsed_s": elapsed_s}  # fmt: skip
         ckpt.finalize(tmp, ckpt_dir, step, state, recipe.train.keep_checkpoints)
     acc.wait_for_everyone()
 
