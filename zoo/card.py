@@ -16,6 +16,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from zoo.units import mib, si
+
 PLACEHOLDER_REPO = "ORG/NAME"
 FMNIST_HUB_ID = "zalando-datasets/fashion_mnist"
 FMNIST_PER_CLASS = {"train": 6000, "test": 1000}
@@ -43,17 +45,6 @@ class CardInputs:
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
-def _num(n: float, unit: str = "") -> str:
-    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
-        if abs(n) >= div:
-            return f"{n / div:.2f} {suffix}{unit}"
-    return f"{n:.0f} {unit}".rstrip()
-
-
-def _mib(n: float) -> str:
-    return f"{n / 2**20:.1f} MiB"
-
-
 def _duration(s: float) -> str:
     if s < 120:
         return f"{s:.1f} s"
@@ -318,11 +309,11 @@ def efficiency_markdown(inp: CardInputs) -> str:
     batch = p["batch"]
     method = str(p.get("mem_method", "tensor tracking")).split(":")[0]
     rows = [
-        ("Parameters", _num(p["params"])),
+        ("Parameters", si(p["params"])),
         ("Forward GFLOPs / image", f"{p['flops_fwd'] / batch / 1e9:.4f}"),
         ("Training throughput", f"{p['train_img_per_s']:.0f} img/s (fwd + bwd + AdamW, batch {batch})"),
         ("Inference throughput", f"{p['infer_img_per_s']:.0f} img/s (batch {batch})"),
-        ("Peak training memory", f"{_mib(p['peak_mem_train_bytes'])} ({method})"),
+        ("Peak training memory", f"{mib(p['peak_mem_train_bytes'])} ({method})"),
         ("MFU", f"{p['mfu'] * 100:.1f}% of the measured GEMM peak ({p['gemm_peak_flops'] / 1e9:.1f} GFLOP/s)"),
         ("Precision", p["precision"]),
         ("Input", "x".join(map(str, p["input_size"]))),
@@ -426,9 +417,9 @@ def cost_markdown(inp: CardInputs) -> str:
         ("Device", hardware_text(m)),
     ]
     if r.get("peak_rss_bytes"):
-        rows.append(("Peak memory (RSS)", _mib(r["peak_rss_bytes"])))
+        rows.append(("Peak memory (RSS)", mib(r["peak_rss_bytes"])))
     if r.get("peak_cuda_bytes"):
-        rows.append(("Peak CUDA memory", _mib(r["peak_cuda_bytes"])))
+        rows.append(("Peak CUDA memory", mib(r["peak_cuda_bytes"])))
     rows += [
         ("Software", ", ".join(f"{k} {v[k]}" for k in ("growzoo", "torch", "timm", "accelerate") if v.get(k))),
         ("Recipe hash", f"`{inp.weights_meta.get('recipe_hash') or m.get('recipe_hash')}`"),
@@ -496,7 +487,7 @@ def files_markdown(inp: CardInputs) -> str:
 def body_markdown(inp: CardInputs) -> str:
     ds = dataset_info(inp.recipe, inp.result, inp.class_names)
     acc = float(inp.result["final_acc"])
-    params = _num(inp.profile["params"])
+    params = si(inp.profile["params"])
     kind = "fine-tuned" if inp.recipe["model"].get("pretrained") else "trained from scratch"
     intro = (
         f"A growzoo `{inp.config.get('architecture')}` Vision Transformer ({params} "

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.flops import count_flops
+from zoo.units import mib, si
 
 __all__ = [
     "PRECISIONS",
@@ -599,17 +600,6 @@ def profile_model(
 
 
 # ------------------------------------------------------------------------------------------------------ rendering
-def _si(n: float, unit: str = "") -> str:
-    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
-        if abs(n) >= div:
-            return f"{n / div:.2f} {suffix}{unit}"
-    return f"{n:.0f} {unit}".rstrip()
-
-
-def _mib(n: float) -> str:
-    return f"{n / 2**20:.1f} MiB"
-
-
 def format_profile(result: dict) -> str:
     """Readable text report of a ``profile_model`` result, with the per-block table when present."""
     r = result
@@ -618,17 +608,17 @@ def format_profile(result: dict) -> str:
     mb = r["mem_breakdown"]
     lines = [
         f"{r['model']}: batch {b} x {c}x{h}x{w}, {r['precision']} on {r['device']} (threads={r['threads']})",
-        f"  params       {_si(r['params'])} ({_si(r['trainable_params'])} trainable)",
-        f"  FLOPs        forward {_si(r['flops_fwd'], 'FLOP')}/batch ({_si(r['flops_fwd'] / b, 'FLOP')}/img), "
-        f"train step {_si(r['flops_train_step'], 'FLOP')}/batch (fwd+bwd, optimizer negligible)",
-        f"  memory       peak {_mib(r['peak_mem_train_bytes'])} during {r.get('mem_peak_phase') or '?'}: "
-        f"params {_mib(mb['params'])}, grads {_mib(mb['grads'])}, optimizer {_mib(mb['optimizer'])}, "
-        f"activations {_mib(mb['activations'])}",
+        f"  params       {si(r['params'])} ({si(r['trainable_params'])} trainable)",
+        f"  FLOPs        forward {si(r['flops_fwd'], 'FLOP')}/batch ({si(r['flops_fwd'] / b, 'FLOP')}/img), "
+        f"train step {si(r['flops_train_step'], 'FLOP')}/batch (fwd+bwd, optimizer negligible)",
+        f"  memory       peak {mib(r['peak_mem_train_bytes'])} during {r.get('mem_peak_phase') or '?'}: "
+        f"params {mib(mb['params'])}, grads {mib(mb['grads'])}, optimizer {mib(mb['optimizer'])}, "
+        f"activations {mib(mb['activations'])}",
         f"               method: {r['mem_method']}",
         f"  train        {r['train_img_per_s']:.1f} img/s ({r['train_step_s'] * 1e3:.0f} ms/step, median)",
         f"  inference    {r['infer_img_per_s']:.1f} img/s ({r['infer_batch_s'] * 1e3:.0f} ms/batch, median)",
-        f"  MFU          {r['mfu']:.1%} = {_si(r['achieved_flops'], 'FLOP/s')} achieved / "
-        f"{_si(r['gemm_peak_flops'], 'FLOP/s')} best {r['precision']} GEMM on this machine",
+        f"  MFU          {r['mfu']:.1%} = {si(r['achieved_flops'], 'FLOP/s')} achieved / "
+        f"{si(r['gemm_peak_flops'], 'FLOP/s')} best {r['precision']} GEMM on this machine",
     ]
     rows = r.get("blocks") or []
     if rows:
@@ -644,7 +634,7 @@ def format_profile(result: dict) -> str:
             t_ms = f"{t * 1e3:.2f}" if t is not None else "-"
             t_pct = f"{t / total_t:.1%}" if timed and total_t > 0 else "-"
             lines.append(
-                f"  {row['name']:<14}{_si(row['params']):>10}{_si(row['flops_fwd']):>13}"
-                f"{_si(row['flops_train']):>13}{t_ms:>10}{t_pct:>8}{row['flops_fwd'] / total_f:>8.1%}"
+                f"  {row['name']:<14}{si(row['params']):>10}{si(row['flops_fwd']):>13}"
+                f"{si(row['flops_train']):>13}{t_ms:>10}{t_pct:>8}{row['flops_fwd'] / total_f:>8.1%}"
             )
     return "\n".join(lines)

@@ -29,7 +29,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import nn
 
 from zoo.layers import Block
-from zoo.models.zoo_vit import _cfg, _fmnist_cfg, checkpoint_filter_fn, drop_path_rates
+from zoo.models.zoo_vit import _cfg, _fmnist_cfg, checkpoint_filter_fn, drop_path_rates, pool_tokens
 
 __all__ = ["RevBlock", "RevStackFunction", "ZooRevViT"]
 
@@ -473,11 +473,7 @@ class ZooRevViT(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool (class token or mean of patch tokens), dropout, head."""
-        if self.global_pool == "avg":
-            x = x[:, self.num_prefix_tokens :].mean(dim=1)
-        else:
-            x = x[:, 0]
-        x = self.head_drop(x)
+        x = self.head_drop(pool_tokens(x, self.global_pool, self.num_prefix_tokens))
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

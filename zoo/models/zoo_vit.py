@@ -27,6 +27,11 @@ FMNIST_MEAN = (0.2860,)
 FMNIST_STD = (0.3530,)
 
 
+def pool_tokens(x: torch.Tensor, global_pool: str, num_prefix_tokens: int) -> torch.Tensor:
+    """(B, N, C) -> (B, C): the class token, or the mean of the patch tokens (prefix tokens excluded)."""
+    return x[:, num_prefix_tokens:].mean(dim=1) if global_pool == "avg" else x[:, 0]
+
+
 def drop_path_rates(drop_path_rate: float, depth: int) -> list[float]:
     """Linearly increasing stochastic depth, as timm does; recomputed whenever depth changes."""
     return [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
@@ -267,11 +272,7 @@ class ZooViT(nn.Module):
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == "avg":
-            x = x[:, self.num_prefix_tokens :].mean(dim=1)
-        else:
-            x = x[:, 0]
-        x = self.head_drop(x)
+        x = self.head_drop(pool_tokens(x, self.global_pool, self.num_prefix_tokens))
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
