@@ -38,6 +38,24 @@ def register(sub) -> None:
     register_profile(sub)
     register_bench(sub)
     register_plan(sub)
+    s = sub.add_parser("readme", help="rewrite README result sections from saved bench summaries")
+    s.add_argument("--bench-dir", default="runs/bench")
+    s.add_argument("--readme", default="README.md")
+    s.set_defaults(fn=cmd_readme)
+
+
+def cmd_readme(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from zoo.readme import bench_markdown, update_readme
+
+    done = []
+    for summary_file in sorted(Path(args.bench_dir).glob("*/summary.json")):
+        summary = json.loads(summary_file.read_text())
+        update_readme(Path(args.readme), f"bench-{summary['suite']}", bench_markdown(summary))
+        done.append(f"{summary['suite']} ({summary_file})")
+    print("updated: " + (", ".join(done) if done else f"nothing (no summaries under {args.bench_dir})"))
+    return 0
 
 
 def register_profile(sub) -> None:

@@ -20,17 +20,37 @@ def update_readme(readme: Path, name: str, body: str) -> None:
     readme.write_text(replace_section(readme.read_text(), name, body))
 
 
+def _goal_cells(value: float, goal: tuple[str, float] | None) -> tuple[str, str]:
+    if goal is None:
+        return "", ""
+    op, target = goal
+    met = value >= target if op == ">=" else value <= target
+    return f"{op} {target:g}", "yes" if met else "**no**"
+
+
 def bench_markdown(summary: dict) -> str:
-    """A compact table of a suite's headline numbers plus the command that produced them."""
+    """A table of a suite's headline numbers against the goals, plus the command and machine that produced them."""
+    from zoo.suites import GOALS
+
+    goals = GOALS.get(summary["suite"], {})
     quick = " --quick" if summary.get("quick") else ""
     rows = [(k, v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    lines = ["| metric | value |", "|---|---|"] + [f"| {k} | {v:.3g} |" for k, v in rows]
+    lines = ["| metric | value | goal | met |", "|---|---|---|---|"]
+    for k, v in rows:
+        goal, met = _goal_cells(v, goals.get(k))
+        lines.append(f"| {k} | {v:.3g} | {goal} | {met} |")
+    for key in ("configs", "rows"):  # per-configuration detail of suites that have it
+        detail = summary.get(key)
+        if detail:
+            cols = list(detail[0].keys())
+            lines += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+            for r in detail:
+                lines.append("| " + " | ".join(f"{r.get(c):.3g}" if isinstance(r.get(c), float) else str(r.get(c))
+                                              for c in cols) + " |")  # fmt: skip
     m = summary.get("manifest", {})
     cpu = m.get("cpu_model") or "unknown CPU"
-    lines.append("")
-    lines.append(f"`zoo bench {summary['suite']}{quick}` on {cpu}, {m.get('cpu_count')} cores, torch "
-                 f"{m.get('versions', {}).get('torch')}.")  # fmt: skip
-    for key in ("arms_markdown",):
-        if key in summary:
-            lines += ["", summary[key]]
+    lines += ["", f"`zoo bench {summary['suite']}{quick}` on {cpu}, {m.get('cpu_count')} cores, "
+                  f"torch {m.get('versions', {}).get('torch')}, {m.get('created_at', '')[:10]}."]  # fmt: skip
+    if "arms_markdown" in summary:
+        lines += ["", summary["arms_markdown"]]
     return "\n".join(lines)

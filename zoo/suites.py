@@ -18,6 +18,16 @@ from zoo.steps import infer_step_fn, train_step_fn
 
 SUITES: dict[str, Callable[..., dict]] = {}
 
+# the issues' targets for each suite's headline numbers: (comparison, value)
+GOALS: dict[str, dict[str, tuple[str, float]]] = {
+    "overhead": {"step_time_ratio": ("<=", 1.03)},
+    "precision": {"bf16_speedup": (">=", 1.7)},
+    "routing": {"train_speedup": (">=", 1.55), "infer_speedup": (">=", 1.5), "infer_speedup_b1": (">=", 0.95)},
+    "unfreeze": {"frozen_half_speedup": (">=", 1.5)},
+    "memory": {"ckpt_mem_ratio": (">=", 3.0), "ckpt_time_ratio": ("<=", 1.35), "rev_depth_mem_ratio": ("<=", 1.2)},
+    "growth": {"speedup": (">=", 1.6), "acc_delta": (">=", -0.3)},
+}
+
 
 def suite(name: str):
     def deco(fn):
@@ -215,9 +225,15 @@ def _mem_model(kind: str, depth: int):
 
 
 def _activation_bytes(model, batch: int) -> int:
+    """Peak training memory minus parameters, gradients and optimizer state (the issue's definition). Gradients count
+    at their full size whether or not they exist at the peak: the reversible backward materialises parameter gradients
+    as autograd outputs before they land in ``.grad``, and they must not pass for activations."""
     from zoo.profile import measure_train_memory
 
-    return int(measure_train_memory(model, batch)["mem_breakdown"]["activations"])
+    m = measure_train_memory(model, batch)
+    b = m["mem_breakdown"]
+    grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return int(m["peak_mem_train_bytes"] - b["params"] - grads - b["optimizer"])
 
 
 @suite("memory")
