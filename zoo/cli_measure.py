@@ -54,6 +54,12 @@ def cmd_readme(args: argparse.Namespace) -> int:
         summary = json.loads(summary_file.read_text())
         update_readme(Path(args.readme), f"bench-{summary['suite']}", bench_markdown(summary))
         done.append(f"{summary['suite']} ({summary_file})")
+    from zoo.pretrained import MODEL_CARDS
+    from zoo.readme import zoo_table
+
+    if MODEL_CARDS.is_dir():
+        update_readme(Path(args.readme), "zoo", zoo_table(MODEL_CARDS))
+        done.append("zoo table (model_cards/)")
     print("updated: " + (", ".join(done) if done else f"nothing (no summaries under {args.bench_dir})"))
     return 0
 

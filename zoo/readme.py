@@ -54,3 +54,28 @@ def bench_markdown(summary: dict) -> str:
     if "arms_markdown" in summary:
         lines += ["", summary["arms_markdown"]]
     return "\n".join(lines)
+
+
+def zoo_table(model_cards: Path) -> str:
+    """The published models, from each card folder's result.json and profile.json (written by `zoo export`)."""
+    import json
+
+    rows = [
+        "| model | params | top-1 | train img/s | infer img/s | training time | recipe |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for folder in sorted(p for p in model_cards.iterdir() if (p / "result.json").is_file()):
+        r = json.loads((folder / "result.json").read_text())
+        prof = json.loads((folder / "profile.json").read_text()) if (folder / "profile.json").is_file() else {}
+        params = prof.get("params")
+        rows.append(
+            f"| [{folder.name}](model_cards/{folder.name}/README.md) | {params / 1e6:.2f} M "
+            f"| {r['final_acc'] * 100:.2f}% "
+            f"| {prof.get('train_img_per_s', float('nan')):.0f} | {prof.get('infer_img_per_s', float('nan')):.0f} "
+            f"| {r['wall_clock_s'] / 60:.1f} min | [recipe](model_cards/{folder.name}/recipe.yaml) |"
+            if params
+            else f"| {folder.name} | | {r['final_acc'] * 100:.2f}% | | | {r['wall_clock_s'] / 60:.1f} min | |"
+        )
+    rows += ["", "Throughput from each card's `profile.json` (batch 32, measured by `zoo export` on the training "
+             "machine); accuracy and time from its `result.json`."]  # fmt: skip
+    return "\n".join(rows)

@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from zoo.attention import check_routing, resolve_attn_args
 from zoo.layers import Block
+from zoo.pretrained import published_cfg
 from zoo.routing import RoutedBlock, resolve_route_plan
 from zoo.stems import make_stem
 
@@ -420,6 +421,7 @@ default_cfgs = generate_default_cfgs(
         "zoo_vit_tiny_p16": _cfg(),
         "zoo_vit_small_p16": _cfg(),
         "zoo_vit_base_p16": _cfg(),
+        "zoo_vit_micro_p7.fmnist": published_cfg("zoo_vit_micro_p7.fmnist", _fmnist_cfg()),
         "zoo_vit_micro_p7": _fmnist_cfg(),
         "zoo_vit_micro_p4": _fmnist_cfg(),
         "zoo_vit_mini_p4": _fmnist_cfg(),

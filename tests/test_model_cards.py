@@ -1,0 +1,49 @@
+"""The published zoo: every registered pretrained tag has a card folder laid out as its hub repo, every card loads
+(timm's registry, local-dir:, and zoo.hub), and its accuracy is what the weights really give on the test set."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+import yaml
+
+from zoo.data import build_datasets
+from zoo.evaluate import accuracy
+from zoo.pretrained import MODEL_CARDS, PUBLISHED, card_folder
+
+TAGS = sorted(n for n in timm.list_models("zoo_*", pretrained=True) if "." in n)
+CARDS = sorted(p.name for p in MODEL_CARDS.iterdir() if p.is_dir()) if MODEL_CARDS.is_dir() else []
+
+
+def test_registered_tags_and_cards_match():
+    assert TAGS == sorted(PUBLISHED) == CARDS
+
+
+@pytest.mark.parametrize("name", CARDS)
+def test_card_folder_is_a_hub_repo(name):
+    folder = card_folder(name)
+    for f in ("README.md", "config.json", "model.safetensors", "recipe.yaml", "result.json"):
+        assert (folder / f).is_file(), f
+    assert (folder / "model.safetensors").stat().st_size < 8 * 2**20, "a few MB at most"
+    card = (folder / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["library_name"] == "timm" and meta["model-index"][0]["name"] == name
+    result = json.loads((folder / "result.json").read_text())
+    assert meta["model-index"][0]["results"][0]["metrics"][0]["value"] == pytest.approx(result["final_acc"])
+
+
+@pytest.mark.parametrize("name", CARDS)
+def test_card_accuracy_reproduces_on_the_test_set(name, fmnist):
+    folder = card_folder(name)
+    result = json.loads((folder / "result.json").read_text())
+    recipe = yaml.safe_load((folder / "recipe.yaml").read_text())
+    model = timm.create_model(name, pretrained=True).eval()
+    via_dir = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    for a, b in zip(model.state_dict().values(), via_dir.state_dict().values()):
+        assert torch.equal(a, b)
+    bundle = build_datasets(recipe["data"]["name"], classes=recipe["data"].get("classes"))
+    res = accuracy(model, bundle.test_x, bundle.test_y, bundle.mean, bundle.std)
+    assert abs(res["acc"] - result["final_acc"]) * 100 <= 0.1, (res["acc"], result["final_acc"])
