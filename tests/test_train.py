@@ -23,16 +23,31 @@ def assert_bitwise_equal(a: dict, b: dict):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_short_training_clearly_beats_chance(tmp_path, fmnist):
-    # 4000 images, 3 epochs of a 2-block zoo_vit_micro_p7: chance is 10%; 55% is far beyond what a broken pipeline
+@pytest.mark.parametrize(
+    "model,extra",
+    [
+        ({"name": "zoo_vit_micro_p7", "args": {"depth": 2}}, {}),
+        ({"name": "zoo_vit_micro_p7", "args": {"depth": 2}}, {"routing": {"capacity": 0.5, "layers": "all"}}),
+        (
+            {"name": "zoo_vit_micro_p7", "args": {"depth": 2, "attn_type": "window", "attn_args": {"window_size": 2}}},
+            {},
+        ),
+        ({"name": "zoo_vit_micro_p7", "args": {"depth": 2, "attn_type": "spatial_reduction"}}, {}),
+        ({"name": "zoo_revvit_micro_p4", "args": {"depth": 2, "patch_size": 7, "embed_dim": 128, "num_heads": 4}}, {}),
+    ],
+    ids=["dense", "routed", "window", "spatial_reduction", "reversible"],
+)
+def test_short_training_clearly_beats_chance(tmp_path, fmnist, model, extra):
+    # 4000 images, 3 epochs of a 2-block model: chance is 10%; 55% is far beyond what a broken pipeline
     # (misaligned labels, wrong normalisation, no gradient reaching a layer) could reach, and reached with margin here
     recipe = recipe_from_dict(
         tiny_recipe(
-            model={"name": "zoo_vit_micro_p7", "args": {"depth": 2}},
+            model=model,
             data={"train_subset": 4000, "test_subset": 1000, "batch_size": 64},
             schedule={"steps": None, "epochs": 3, "warmup": 0.1},
             optim={"lr": 0.002},
             train={"log_every": 20, "eval_every": 1.0},
+            **extra,
         )
     )
     res = train(recipe, tmp_path / "run", progress=False)
