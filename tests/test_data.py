@@ -9,17 +9,13 @@ import torch.nn.functional as F
 import zoo.data as zd
 from zoo.data import (
     DataError,
-    IndexDataset,
     build_datasets,
     find_fashion_mnist,
     load_fashion_mnist,
     load_imagefolder,
-    make_loader,
-    measure_input_pipeline,
-    normalize,
-    random_crop_flip,
     read_idx,
 )
+from zoo.pipeline import IndexDataset, collate_batch, make_loader, measure_input_pipeline, normalize, random_crop_flip
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -376,7 +372,7 @@ class _CountingDataset(IndexDataset):
 def test_dataloader_uses_getitems(fm):
     x = fm["train_x"][:1000]
     ds = _CountingDataset(x, torch.arange(1000))
-    loader = torch.utils.data.DataLoader(ds, batch_size=128, shuffle=True, collate_fn=zd.collate_batch)
+    loader = torch.utils.data.DataLoader(ds, batch_size=128, shuffle=True, collate_fn=collate_batch)
     seen = []
     for xb, ib in loader:
         assert xb.shape[1:] == (1, 28, 28) and xb.dtype == torch.uint8
@@ -385,7 +381,7 @@ def test_dataloader_uses_getitems(fm):
     assert ds.batched == len(loader) == 8 and ds.single == 0
     assert torch.equal(torch.cat(seen).sort().values, torch.arange(1000))
     # collate_batch also handles plain per-sample lists
-    xb, yb = zd.collate_batch([ds[0], ds[1]])
+    xb, yb = collate_batch([ds[0], ds[1]])
     assert torch.equal(xb, x[:2]) and yb.tolist() == [0, 1]
 
 

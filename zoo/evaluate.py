@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from zoo.data import DataError, build_datasets, normalize
+from zoo.data import DataError, build_datasets
 from zoo.hub import load_model
+from zoo.pipeline import normalize
 
 
 def check_input_fits(model, bundle, source: str) -> None:

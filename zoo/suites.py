@@ -107,7 +107,8 @@ def overhead_suite(quick: bool, out: Path, seeds: list[int], allow_mismatch: boo
 def _input_pipeline_headroom(rounds: int) -> dict:
     """Is the input pipeline a bottleneck? Its images/s (loader + augmentation + normalisation, full Fashion-MNIST)
     against the training images/s of the default model at the default batch."""
-    from zoo.data import build_datasets, measure_input_pipeline
+    from zoo.data import build_datasets
+    from zoo.pipeline import measure_input_pipeline
 
     bundle = build_datasets("fashion-mnist")
     pipe = measure_input_pipeline(bundle, batch_size=128, batches=100)

@@ -26,10 +26,11 @@ from safetensors.torch import save_model as save_safetensors_model
 from tqdm.auto import tqdm
 
 from zoo import checkpoint as ckpt
-from zoo.data import build_datasets, make_loader, normalize, random_crop_flip
+from zoo.data import build_datasets
 from zoo.freezing import set_group_lrs
 from zoo.hub import save_model_folder, weights_hash
 from zoo.manifest import collect_manifest, recipe_hash, write_json_atomic
+from zoo.pipeline import make_loader, normalize, random_crop_flip
 from zoo.recipe import Recipe, RecipeError, dump_recipe
 from zoo.schedule import lr_factor
 from zoo.stages import StagePlan, apply_structure, build_model, build_optimizer, set_numbers
