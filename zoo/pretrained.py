@@ -11,6 +11,7 @@ MODEL_CARDS = Path(__file__).resolve().parent.parent / "model_cards"
 # registered name -> the run that produced it (its card says how: `zoo reproduce` when that lands)
 PUBLISHED = {
     "zoo_vit_micro_p7.fmnist": "schedules/fmnist_micro_dense.yaml",
+    "zoo_vit_micro_p7_r25.fmnist": "schedules/fmnist_dense_to_routed.yaml",
 }
 
 

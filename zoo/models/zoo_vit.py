@@ -423,6 +423,7 @@ default_cfgs = generate_default_cfgs(
         "zoo_vit_base_p16": _cfg(),
         "zoo_vit_micro_p7.fmnist": published_cfg("zoo_vit_micro_p7.fmnist", _fmnist_cfg()),
         "zoo_vit_micro_p7": _fmnist_cfg(),
+        "zoo_vit_micro_p7_r25.fmnist": published_cfg("zoo_vit_micro_p7_r25.fmnist", _fmnist_cfg()),
         "zoo_vit_micro_p4": _fmnist_cfg(),
         "zoo_vit_mini_p4": _fmnist_cfg(),
     }
@@ -456,6 +457,15 @@ def zoo_vit_micro_p7(pretrained: bool = False, **kwargs) -> ZooViT:
     model_args = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=128, depth=6, num_heads=4,
                       mlp_ratio=2.0, global_pool="avg")  # fmt: skip
     return _create("zoo_vit_micro_p7", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def zoo_vit_micro_p7_r25(pretrained: bool = False, **kwargs) -> ZooViT:
+    """zoo_vit_micro_p7 with every other block token-routed at capacity 0.25 (learned linear router)."""
+    model_args = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=128, depth=6, num_heads=4,
+                      mlp_ratio=2.0, global_pool="avg", routing={"capacity": 0.25, "layers": "every_other",
+                      "router": "linear", "context": "selected"})  # fmt: skip
+    return _create("zoo_vit_micro_p7_r25", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
