@@ -12,6 +12,8 @@ MODEL_CARDS = Path(__file__).resolve().parent.parent / "model_cards"
 PUBLISHED = {
     "zoo_vit_micro_p7.fmnist": "schedules/fmnist_micro_dense.yaml",
     "zoo_vit_micro_p7_r25.fmnist": "schedules/fmnist_dense_to_routed.yaml",
+    "zoo_vit_micro_p7.fmnist_grown": "schedules/fmnist_grow_depth.yaml",
+    "zoo_vit_micro_p7_r25.fmnist_grown": "schedules/fmnist_grown_to_routed.yaml",
 }
 
 

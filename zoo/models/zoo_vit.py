@@ -424,6 +424,8 @@ default_cfgs = generate_default_cfgs(
         "zoo_vit_micro_p7.fmnist": published_cfg("zoo_vit_micro_p7.fmnist", _fmnist_cfg()),
         "zoo_vit_micro_p7": _fmnist_cfg(),
         "zoo_vit_micro_p7_r25.fmnist": published_cfg("zoo_vit_micro_p7_r25.fmnist", _fmnist_cfg()),
+        "zoo_vit_micro_p7.fmnist_grown": published_cfg("zoo_vit_micro_p7.fmnist_grown", _fmnist_cfg()),
+        "zoo_vit_micro_p7_r25.fmnist_grown": published_cfg("zoo_vit_micro_p7_r25.fmnist_grown", _fmnist_cfg()),
         "zoo_vit_micro_p4": _fmnist_cfg(),
         "zoo_vit_mini_p4": _fmnist_cfg(),
     }
