@@ -29,7 +29,16 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import nn
 
 from zoo.layers import Block
-from zoo.models.zoo_vit import _cfg, _fmnist_cfg, checkpoint_filter_fn, drop_path_rates, pool_tokens
+from zoo.models.zoo_vit import (
+    _cfg,
+    _fmnist_cfg,
+    add_prefix_tokens,
+    check_global_pool,
+    checkpoint_filter_fn,
+    drop_path_rates,
+    new_head,
+    pool_tokens,
+)
 
 __all__ = ["RevBlock", "RevStackFunction", "ZooRevViT"]
 
@@ -315,10 +324,7 @@ class ZooRevViT(nn.Module):
             if len(img_size) != 2 or img_size[0] != img_size[1]:
                 raise ValueError(f"img_size must be an int or a square (h, w) pair, got {img_size!r}")
             img_size = int(img_size[0])
-        if global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
-        if global_pool == "token" and not class_token:
-            raise ValueError("global_pool='token' needs class_token=True")
+        check_global_pool(global_pool, class_token)
         self.model_args: dict[str, Any] = dict(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, global_pool=global_pool,
             embed_dim=embed_dim, depth=depth, num_heads=num_heads, head_dim=head_dim, mlp_ratio=mlp_ratio,
@@ -424,25 +430,13 @@ class ZooRevViT(nn.Module):
         """New (re-initialised) head for ``num_classes`` (0: none) and optionally a new pooling."""
         self.num_classes = num_classes
         if global_pool is not None:
-            if global_pool not in ("token", "avg"):
-                raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
-            if global_pool == "token" and self.cls_token is None:
-                raise ValueError("global_pool='token' needs class_token=True")
+            check_global_pool(global_pool, self.cls_token is not None)
             self.global_pool = self.model_args["global_pool"] = global_pool
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
+        self.head = new_head(self.embed_dim, num_classes)
 
     # ---------------------------------------------------------------------------------------------------- forward
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
-        prefix = []
-        if self.cls_token is not None:
-            prefix.append(self.cls_token.expand(x.shape[0], -1, -1))
-        if self.reg_token is not None:
-            prefix.append(self.reg_token.expand(x.shape[0], -1, -1))
-        x = torch.cat(prefix + [x], dim=1) if prefix else x
-        return self.pos_drop(x + self.pos_embed)
+        return self.pos_drop(add_prefix_tokens(x, self.cls_token, self.reg_token) + self.pos_embed)
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         """Patch embedding, prefix tokens and position embedding: the tokens both streams start from."""

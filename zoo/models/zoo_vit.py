@@ -28,6 +28,29 @@ FMNIST_MEAN = (0.2860,)
 FMNIST_STD = (0.3530,)
 
 
+def check_global_pool(global_pool: str, class_token: bool) -> None:
+    if global_pool not in ("token", "avg"):
+        raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+    if global_pool == "token" and not class_token:
+        raise ValueError("global_pool='token' needs class_token=True")
+
+
+def new_head(embed_dim: int, num_classes: int) -> nn.Module:
+    """A fresh classifier (timm init: trunc-normal 0.02, zero bias), or Identity for ``num_classes == 0``."""
+    if num_classes <= 0:
+        return nn.Identity()
+    head = nn.Linear(embed_dim, num_classes)
+    trunc_normal_(head.weight, std=0.02)
+    nn.init.zeros_(head.bias)
+    return head
+
+
+def add_prefix_tokens(x: torch.Tensor, cls_token: torch.Tensor | None, reg_token: torch.Tensor | None) -> torch.Tensor:
+    """[cls; registers; patches]: the token order timm's ViT (and its position embedding) uses."""
+    prefix = [t.expand(x.shape[0], -1, -1) for t in (cls_token, reg_token) if t is not None]
+    return torch.cat(prefix + [x], dim=1) if prefix else x
+
+
 def pool_tokens(x: torch.Tensor, global_pool: str, num_prefix_tokens: int) -> torch.Tensor:
     """(B, N, C) -> (B, C): the class token, or the mean of the patch tokens (prefix tokens excluded)."""
     return x[:, num_prefix_tokens:].mean(dim=1) if global_pool == "avg" else x[:, 0]
@@ -85,14 +108,11 @@ class ZooViT(nn.Module):
         weight_init: str = "",
     ):
         super().__init__()
-        if global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+        check_global_pool(global_pool, class_token)
         if isinstance(img_size, (tuple, list)):  # timm's builder passes a fixed input size as a pair
             if len(img_size) != 2 or img_size[0] != img_size[1]:
                 raise ValueError(f"img_size must be square, got {img_size}")
             img_size = int(img_size[0])
-        if global_pool == "token" and not class_token:
-            raise ValueError("global_pool='token' needs class_token=True")
         # defaults filled in, so a saved config.json does not depend on the option defaults of this version
         attn_args = resolve_attn_args(attn_type, attn_args) or None
         check_attention_routing(attn_type, depth, routing)
@@ -233,23 +253,13 @@ class ZooViT(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
-            if global_pool not in ("token", "avg"):
-                raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+            check_global_pool(global_pool, self.cls_token is not None)
             self.global_pool = self.model_args["global_pool"] = global_pool
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
+        self.head = new_head(self.embed_dim, num_classes)
 
     # ---------------------------------------------------------------------------------------------------- forward
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
-        prefix = []
-        if self.cls_token is not None:
-            prefix.append(self.cls_token.expand(x.shape[0], -1, -1))
-        if self.reg_token is not None:
-            prefix.append(self.reg_token.expand(x.shape[0], -1, -1))
-        x = torch.cat(prefix + [x], dim=1) if prefix else x
-        return self.pos_drop(x + self.pos_embed)
+        return self.pos_drop(add_prefix_tokens(x, self.cls_token, self.reg_token) + self.pos_embed)
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         return self._pos_embed(self.patch_embed(x))
