@@ -1,5 +1,6 @@
-"""Publishing subcommands: ``zoo export RUN_DIR OUT_DIR`` (a hub-ready folder with a generated model card) and
-``zoo push FOLDER ORG/NAME`` (upload with ``huggingface_hub.HfApi``).
+"""Publishing subcommands: ``zoo export RUN_DIR OUT_DIR`` (a hub-ready folder with a generated model card),
+``zoo push FOLDER ORG/NAME`` (upload with ``huggingface_hub.HfApi``) and ``zoo reproduce FOLDER`` (re-run a card's
+recipe and compare with the card; the logic is in ``zoo.reproduce``).
 
 An export holds the run's evaluated weights (EMA when the run used EMA: the run's ``model/`` folder already holds
 exactly those) re-saved with their hashes, the timm ``config.json``, ``README.md`` (rendered by ``zoo.card`` from
@@ -11,6 +12,7 @@ the run's data), ``recipe.yaml`` verbatim, ``profile.json`` (the efficiency meas
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -365,6 +367,25 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Exit 0 when the reproduction is within tolerance of the card, 1 when not (2 on bad input, from ``zoo``)."""
+    from zoo.reproduce import format_report, reproduce
+
+    # with --json the one JSON object must be all of stdout, whatever training prints on the way
+    quiet = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
+    with quiet:
+        report = reproduce(
+            args.folder,
+            epochs=args.epochs,
+            out=args.out,
+            tolerance_pts=args.tolerance,
+            sets=args.set,
+            progress=not args.no_progress,
+        )
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0 if report["passed"] else 1
+
+
 def register(sub) -> None:
     s = sub.add_parser("export", help="write a hub-ready folder (weights, config, generated model card) for a run")
     s.add_argument("run_dir", help="a finished run folder (zoo train --out)")
@@ -393,3 +414,25 @@ def register(sub) -> None:
     s.add_argument("--private", action="store_true", help="create the repo as private")
     s.add_argument("--message", default=None, help="commit message")
     s.set_defaults(fn=cmd_push)
+
+    s = sub.add_parser("reproduce", help="re-run a model card's recipe (optionally its first K epochs) and compare")
+    s.add_argument("folder", help="a model card folder (zoo export output), e.g. model_cards/NAME")
+    s.add_argument(
+        "--epochs",
+        type=float,
+        default=None,
+        metavar="K",
+        help="stop after K epochs of the unchanged schedule and compare with the card's logged evaluation there",
+    )
+    s.add_argument("--out", default=None, metavar="RUN_DIR", help="run folder (default runs/reproduce/NAME)")
+    s.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.5,  # zoo.reproduce.DEFAULT_TOLERANCE_PTS (not imported: `zoo --help` stays light)
+        metavar="PTS",
+        help="largest |accuracy delta| in percentage points that passes (default 0.5)",
+    )
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(fn=cmd_reproduce)
