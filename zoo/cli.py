@@ -10,7 +10,7 @@ from pathlib import Path
 
 EXIT_INPUT_ERROR = 2
 EXIT_NONFINITE = 3
-DEFAULT_RECIPE = "fmnist_micro_dense"
+DEMO_RECIPE = "demo_finetune"
 
 
 def schedules_dir() -> Path:
@@ -74,20 +74,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The README's main job: train the bundled default recipe, evaluate it, write a hub-ready folder."""
-    from zoo.evaluate import evaluate_source
-    from zoo.recipe import load_recipe
-    from zoo.train import train
+    """The README's main job (``zoo.demo``): fine-tune a published model, evaluate, profile and export it."""
+    from zoo.demo import format_demo, run_demo
 
-    path = resolve_recipe_path(DEFAULT_RECIPE)
-    recipe = load_recipe(path, args.set)
-    out = Path(args.out)
-    result = train(recipe, out, resume=args.resume, force=args.force)
-    folder = out / "model"
-    check = evaluate_source(f"local-dir:{folder}", recipe.data.name, path=recipe.data.path)
-    print(f"\ntrained {path.stem}: test accuracy {result.final_acc * 100:.2f}% in {result.wall_clock_s:.0f} s")
-    print(f"hub-ready model folder: {folder} (re-loaded with timm local-dir: {check['acc'] * 100:.2f}%)")
-    print(f"load it: import zoo, timm; timm.create_model('local-dir:{folder}')")
+    summary = run_demo(
+        resolve_recipe_path(DEMO_RECIPE),
+        Path(args.out),
+        args.set,
+        resume=args.resume,
+        force=args.force,
+        profile_batch=args.profile_batch,
+        profile_rounds=args.profile_rounds,
+        progress=not args.no_progress,
+    )
+    print("\n" + format_demo(summary))
     return 0
 
 
@@ -126,11 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_eval)
 
-    s = sub.add_parser("demo", help="the main job: train the bundled default recipe and write a hub-ready folder")
-    s.add_argument("--out", default="runs/demo")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    s.add_argument("--resume", action="store_true")
-    s.add_argument("--force", action="store_true")
+    s = sub.add_parser(
+        "demo",
+        help="the main job: fine-tune the published default (growth, unfreezing, routing), evaluate and profile "
+        "before/after, export a hub-ready folder with its card",
+    )
+    s.add_argument("--out", default="runs/demo", help="run folder; the hub folder goes to OUT/export")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of the recipe")
+    s.add_argument("--resume", action="store_true", help="continue (or reuse) the run in --out")
+    s.add_argument("--force", action="store_true", help="replace a different run already in --out")
+    s.add_argument("--profile-batch", type=int, default=256, help="batch of the side-by-side inference timing")
+    s.add_argument("--profile-rounds", type=int, default=10, help="interleaved timing rounds (median)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_demo)
 
     for register in _extensions():

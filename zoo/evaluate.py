@@ -32,12 +32,18 @@ def accuracy(model, x_uint8: torch.Tensor, y: torch.Tensor, mean, std, batch_siz
     return {"acc": correct / len(y), "loss": loss / len(y), "n": len(y)}
 
 
-def evaluate_source(source: str, data: str, path: str | None = None, batch_size: int = 512, classes=None) -> dict:
+def evaluate_source(
+    source: str, data: str, path: str | None = None, batch_size: int = 512, classes=None, test_subset=None
+) -> dict:
+    """Top-1 and loss of ``source`` on the test split; ``test_subset`` keeps the same deterministic class-balanced
+    subset a recipe's ``data.test_subset`` trains against (so `zoo demo --set data.test_subset=N` compares like
+    with like)."""
     model = load_model(source)
     bundle = build_datasets(
         data,
         path=path,
         classes=classes,
+        test_subset=test_subset,
         img_size=model.model_args.get("img_size"),
         in_chans=model.model_args.get("in_chans"),
     )

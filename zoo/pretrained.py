@@ -6,7 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 HUB_ORG = "growzoo"
-MODEL_CARDS = Path(__file__).resolve().parent.parent / "model_cards"
+# the source checkout: the folder holding schedules/ and model_cards/ (zoo.cli.schedules_dir looks there too)
+CHECKOUT = Path(__file__).resolve().parent.parent
+MODEL_CARDS = CHECKOUT / "model_cards"
+LOCAL_DIR = "local-dir:"
 
 # registered name -> the run that produced it (its card says how: `zoo reproduce` when that lands)
 PUBLISHED = {
@@ -28,3 +31,31 @@ def published_cfg(name: str, base: dict) -> dict:
     if weights.is_file():
         cfg["file"] = str(weights)
     return cfg
+
+
+def resolve_local_dir(source: str) -> str:
+    """``local-dir:PATH`` with a relative PATH: from the working directory if it exists there, else from the
+    checkout root when it exists there; anything else is returned unchanged (the loader then names the path).
+
+    Why these two anchors, in this order: recipes name two kinds of folders. Other runs' outputs
+    (``local-dir:runs/...``) are written relative to the working directory, so that stays first and keeps its
+    meaning. Bundled published models (``local-dir:model_cards/...``) ship with the checkout, so a recipe naming one
+    must also work when ``zoo`` runs from another directory. Not the recipe file's own folder: every run copies its
+    recipe into ``runs/X/recipe.yaml`` and every export into its card folder, where a recipe-relative path would
+    point somewhere else. The recipe text itself is left as written, so its hash (a run's identity) does not
+    depend on where the checkout lives.
+    """
+    if not source.startswith(LOCAL_DIR):
+        return source
+    path = Path(source[len(LOCAL_DIR) :])
+    if path.is_absolute() or path.exists() or not (CHECKOUT / path).exists():
+        return source
+    return LOCAL_DIR + str(CHECKOUT / path)
+
+
+def published_name(source: str) -> str | None:
+    """The published tag whose bundled folder ``source`` (a resolved ``local-dir:``) is, else None."""
+    if not source.startswith(LOCAL_DIR):
+        return None
+    path = Path(source[len(LOCAL_DIR) :]).resolve()
+    return path.name if path.parent == MODEL_CARDS and path.name in PUBLISHED else None

@@ -16,6 +16,7 @@ from torch import nn
 
 from zoo.freezing import layer_groups, param_groups, set_trainable_from
 from zoo.hub import load_model, load_timm_weights
+from zoo.pretrained import resolve_local_dir
 from zoo.recipe import Recipe, RecipeError
 from zoo.routing import RoutedBlock, resolve_route_plan
 from zoo.schedule import anneal_value, boundary_steps, gradual_unfreeze_from
@@ -55,7 +56,7 @@ def _build_model(recipe: Recipe, bundle) -> nn.Module:
                 raise RecipeError("recipe", "model.pretrained", f"weights file not found: {src}")
             load_timm_weights(model, src)
         return model
-    model = load_model(src)
+    model = load_model(resolve_local_dir(src))  # a bundled model_cards/ folder also resolves from another cwd
     if m.reset_head and model.num_classes != bundle.num_classes:
         model.reset_classifier(bundle.num_classes)
     if recipe.routing is not None:
@@ -88,6 +89,7 @@ class StagePlan:
     unfreeze_steps: list[tuple[int, int]] = field(default_factory=list)  # explicit (step, trainable_from)
     growth_steps: list[int] = field(default_factory=list)  # step at which each growth stage takes effect
     groups: int = 0  # layer-group count of the current model, set by apply_structure
+    base_groups: int = 0  # layer-group count before any growth (gradual unfreezing counts in these), ditto
     grown: int = 0  # growth stages applied to the current model
 
     @classmethod
@@ -117,7 +119,12 @@ class StagePlan:
             return 0
         progress = step / max(self.total, 1)
         if u.mode == "gradual":
-            return gradual_unfreeze_from(progress, num_groups, u.start_groups, u.every)
+            # counted in the groups the model had before growth: the frozen prefix then never grows back, and
+            # groups that growth adds (zero-init blocks go on top) train from the moment they exist. Counted in
+            # the grown model's groups, the new top blocks would take the trainable slots and re-freeze pretrained
+            # blocks that were already training (dropping their optimizer moments).
+            base = self.base_groups or num_groups
+            return gradual_unfreeze_from(progress, base, u.start_groups, u.every)
         if u.mode == "freezeout":
             # bottom-up: one more group freezes every `every` of training; the top group always trains
             return min(num_groups - 1, int(progress / u.every + 1e-9))
@@ -230,6 +237,8 @@ def grow_to(model: nn.Module, plan: StagePlan, step: int) -> list[list]:
 
 def apply_structure(model: nn.Module, plan: StagePlan, step: int) -> None:
     """Bring ``model`` to the structure of ``step`` (growth stages, trainable groups). Idempotent."""
+    if plan.grown == 0:  # the recipe's own model (also on resume, before the due stages are re-applied)
+        plan.base_groups = plan.num_groups(model)
     grow_to(model, plan, step)
     plan.groups = plan.num_groups(model)
     set_trainable_from(model, plan.trainable_from(step, plan.groups))
