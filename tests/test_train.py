@@ -158,3 +158,16 @@ def test_precision_auto_is_measured_once_and_kept_on_resume(tmp_path, fmnist):
     train(recipe, tmp_path / "run", resume=True, progress=False)
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["precision"] == "bf16", "resume reuses the recorded choice instead of measuring again"
+
+
+def test_resuming_a_finished_run_keeps_its_result(tmp_path, fmnist):
+    recipe = recipe_from_dict(tiny_recipe(schedule={"steps": 2}))
+    first = train(recipe, tmp_path / "run", progress=False)
+    result = (tmp_path / "run" / "result.json").read_bytes()
+    again = train(recipe, tmp_path / "run", resume=True, progress=False)
+    assert (tmp_path / "run" / "result.json").read_bytes() == result
+    assert again.final_acc == first.final_acc and not (again.final_acc != again.final_acc)  # not NaN
+    # killed after the last checkpoint, before the result: resuming evaluates the final weights again
+    (tmp_path / "run" / "result.json").unlink()
+    redone = train(recipe, tmp_path / "run", resume=True, progress=False)
+    assert redone.final_acc == pytest.approx(first.final_acc)

@@ -271,13 +271,23 @@ def train(
     bar = tqdm(total=total, initial=start_step, disable=not (progress and main), desc=out.name, dynamic_ncols=True)
     step = start_step
     # wall-clock spans sessions: a resumed run continues the clock of its checkpoint
-    t0 = time.perf_counter() - (float(state.get("elapsed_s", 0.0)) if state is not None else 0.0)
+    prior_s = float(state.get("elapsed_s", 0.0)) if state is not None else 0.0
+    t0 = time.perf_counter() - prior_s
     seen = 0
     last = {"eval_acc": float("nan"), "eval_loss": float("nan")}
     eval_every = max(1, int(round(recipe.train.eval_every * steps_per_epoch)))
     ckpt_every = recipe.train.checkpoint_every or steps_per_epoch
     skipped_nonfinite = 0
     after_event = plan.changes_at(start_step)  # resumed right after a boundary: its "loss after" is still due
+    finished = out / "result.json"
+    if start_step >= total and finished.exists():
+        # resuming a finished run: nothing to train, and its result (final eval, wall-clock) must not be rewritten
+        bar.close()
+        done = json.loads(finished.read_text())
+        return RunResult(out, done["final_acc"], done["final_loss"], total, done["wall_clock_s"], done["img_per_s"])
+    if start_step >= total:  # stopped between the last checkpoint and the result: evaluate the final weights again
+        a, lo = evaluate(ema.module if ema is not None else model, eval_loader, acc, mean, std)
+        last = {"eval_acc": a, "eval_loss": lo}
     model.train()
     while step < total:
         epoch, in_epoch = divmod(step, steps_per_epoch)
@@ -386,7 +396,8 @@ def train(
             "final_loss": last["eval_loss"],
             "steps": total,
             "wall_clock_s": wall,
-            "img_per_s": seen / max(wall, 1e-9),
+            # this session's images over this session's time (a resumed run's clock includes earlier sessions)
+            "img_per_s": seen / max(wall - prior_s, 1e-9),
             "resumed_from": start_step,
             "precision": precision,
             "test_images": len(bundle.test_y),
