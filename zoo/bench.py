@@ -99,7 +99,8 @@ def run_arms(
         result_file = run_dir / "result.json"
         if not result_file.exists():
             run_dir.mkdir(parents=True, exist_ok=True)
-            sets = [*arm.overrides, *(extra_overrides or []), f"train.seed={seed}"]
+            # suite-wide overrides first, the arm's own last: an arm's defining change (capacity, epochs) always wins
+            sets = [*(extra_overrides or []), *arm.overrides, f"train.seed={seed}"]
             cmd = [sys.executable, "-m", "zoo.cli", "train", arm.recipe, "--out", str(run_dir), "--no-progress"]
             cmd += [x for s in sets for x in ("--set", s)]
             if (run_dir / "recipe.yaml").exists():

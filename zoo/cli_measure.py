@@ -86,8 +86,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/bench/{args.suite}{'-quick' if args.quick else ''}")
     out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
-    summary = SUITES[args.suite](quick=args.quick, out=out, seeds=seeds, allow_mismatch=args.allow_mismatch)
-    summary = {"suite": args.suite, "quick": args.quick, **summary, "manifest": collect_manifest(extra={"arm": None})}
+    summary = SUITES[args.suite](
+        quick=args.quick, out=out, seeds=seeds, allow_mismatch=args.allow_mismatch, overrides=args.set
+    )
+    summary = {
+        "suite": args.suite,
+        "quick": args.quick,
+        "seeds": seeds,
+        "overrides": args.set,
+        **summary,
+        "manifest": collect_manifest(extra={"arm": None}),
+    }
     write_json_atomic(out / "summary.json", summary)
     if args.update_readme:
         from zoo.readme import bench_markdown, update_readme
@@ -111,6 +120,13 @@ def register_bench(sub) -> None:
     s.add_argument("--seeds", default="0,1,2", help="seeds for multi-seed training arms (full suites)")
     s.add_argument("--out", default=None, help="results folder (default runs/bench/SUITE)")
     s.add_argument("--allow-mismatch", action="store_true", help="compare runs whose manifests differ")
+    s.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="recipe override for every training arm (e.g. schedule.epochs=9); an arm's own defining overrides win",
+    )
     s.add_argument(
         "--update-readme",
         metavar="README",

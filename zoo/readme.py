@@ -3,6 +3,7 @@ rewritten from measured results, so no number in the README is typed by hand."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -24,7 +25,7 @@ def _goal_cells(value: float, goal: tuple[str, float] | None) -> tuple[str, str]
     if goal is None:
         return "", ""
     op, target = goal
-    met = value >= target if op == ">=" else value <= target
+    met = {">=": value >= target, "<=": value <= target, ">": value > target, "<": value < target}[op]
     return f"{op} {target:g}", "yes" if met else "**no**"
 
 
@@ -39,27 +40,46 @@ def bench_markdown(summary: dict) -> str:
     for k, v in rows:
         goal, met = _goal_cells(v, goals.get(k))
         lines.append(f"| {k} | {v:.3g} | {goal} | {met} |")
-    for key in ("configs", "rows"):  # per-configuration detail of suites that have it
-        detail = summary.get(key)
-        if detail:
-            cols = list(detail[0].keys())
-            lines += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-            for r in detail:
-                lines.append("| " + " | ".join(f"{r.get(c):.3g}" if isinstance(r.get(c), float) else str(r.get(c))
-                                              for c in cols) + " |")  # fmt: skip
+    for key in ("configs", "rows", "attention"):  # per-configuration detail of suites that have it
+        lines += _detail_table(summary.get(key))
+    for key, title in (("finetune", "fine-tune"), ("loss_spikes", "loss spike at each growth (after - before)")):
+        if summary.get(key):
+            lines += ["", f"{title}: `{json.dumps(_rounded(summary[key]))}`"]
     m = summary.get("manifest", {})
     cpu = m.get("cpu_model") or "unknown CPU"
-    lines += ["", f"`zoo bench {summary['suite']}{quick}` on {cpu}, {m.get('cpu_count')} cores, "
+    sets = "".join(f" --set {o}" for o in summary.get("overrides") or [])
+    seeds = f" --seeds {','.join(map(str, summary['seeds']))}" if summary.get("seeds") and not quick else ""
+    lines += ["", f"`zoo bench {summary['suite']}{quick}{seeds}{sets}` on {cpu}, {m.get('cpu_count')} cores, "
                   f"torch {m.get('versions', {}).get('torch')}, {m.get('created_at', '')[:10]}."]  # fmt: skip
-    if "arms_markdown" in summary:
-        lines += ["", summary["arms_markdown"]]
+    for key in sorted(k for k in summary if k.endswith("_markdown")):  # multi-seed arms tables
+        lines += ["", f"{key.removesuffix('_markdown').replace('_', ' ')}:", "", summary[key]]
     return "\n".join(lines)
+
+
+def _detail_table(detail: list[dict] | None) -> list[str]:
+    if not detail:
+        return []
+    cols = list(detail[0].keys())
+    lines = ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in detail:
+        cells = (f"{r.get(c):.3g}" if isinstance(r.get(c), float) else str(r.get(c)) for c in cols)
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _rounded(value):
+    """Floats to 4 significant digits, recursively (for compact JSON in the README)."""
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
 
 
 def zoo_table(model_cards: Path) -> str:
     """The published models, from each card folder's result.json and profile.json (written by `zoo export`)."""
-    import json
-
     rows = [
         "| model | params | top-1 | train img/s | infer img/s | training time | recipe |",
         "|---|---|---|---|---|---|---|",

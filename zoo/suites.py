@@ -22,10 +22,16 @@ SUITES: dict[str, Callable[..., dict]] = {}
 GOALS: dict[str, dict[str, tuple[str, float]]] = {
     "overhead": {"step_time_ratio": ("<=", 1.03)},
     "precision": {"bf16_speedup": (">=", 1.7)},
-    "routing": {"train_speedup": (">=", 1.55), "infer_speedup": (">=", 1.5), "infer_speedup_b1": (">=", 0.95)},
+    "routing": {
+        "train_speedup": (">=", 1.55),
+        "infer_speedup": (">=", 1.5),
+        "infer_speedup_b1": (">=", 0.95),
+        "acc_delta_equal_epochs": (">=", -0.5),  # routed c0.25 minus dense, points
+        "acc_delta_equal_time": (">", 0.0),
+    },
     "unfreeze": {"frozen_half_speedup": (">=", 1.5)},
     "memory": {"ckpt_mem_ratio": (">=", 3.0), "ckpt_time_ratio": ("<=", 1.35), "rev_depth_mem_ratio": ("<=", 1.2)},
-    "growth": {"speedup": (">=", 1.6), "acc_delta": (">=", -0.3)},
+    "growth": {"speedup": (">=", 1.6), "acc_delta": (">=", -0.3), "acc_vs_control": (">", 0.0)},
 }
 
 
@@ -42,23 +48,27 @@ def _model(name: str, **kwargs):
     return timm.create_model(name, **kwargs)
 
 
-def _arms_report(records: list[dict], baseline: str, out: Path) -> dict:
-    """Statistics, markdown and plot for multi-seed arms (written to ``out``)."""
+def _arms_report(
+    records: list[dict], baseline: str, out: Path, target_acc: float | None = None, name: str = "arms"
+) -> dict:
+    """Statistics, markdown and plot for multi-seed arms (written to ``out/NAME.md`` and ``out/NAME.png``)."""
     from zoo.report import arms_markdown, plot_arms, summarize_arms
 
-    summary = summarize_arms(records, baseline=baseline)
+    summary = summarize_arms(records, baseline=baseline, target_acc=target_acc)
     md = arms_markdown(summary)
-    (out / "arms.md").write_text(md + "\n")
+    (out / f"{name}.md").write_text(md + "\n")
     try:
-        plot_arms(records, out / "arms.png")
+        plot_arms(records, out / f"{name}.png")
     except ImportError as e:  # plots are an extra; the numbers stand without them
         print(f"note: {e}")
-    return {"arms": summary, "arms_markdown": md}
+    return {name: summary, f"{name}_markdown": md}
 
 
 # ---------------------------------------------------------------------------------------------------- precision
 @suite("precision")
-def precision_suite(quick: bool, out: Path, seeds: list[int], allow_mismatch: bool = False) -> dict:
+def precision_suite(
+    quick: bool, out: Path, seeds: list[int], allow_mismatch: bool = False, overrides: list[str] | None = None
+) -> dict:
     """fp32 vs bf16 train step: ViT-S/16 at batch 16 (where bf16 pays on this CPU) and the CPU-sized micro model."""
     rounds = 8 if quick else 15  # 3 rounds proved too noisy here (1.63x vs 1.71x from 10 rounds, same machine)
     res: dict = {}
@@ -74,13 +84,16 @@ def precision_suite(quick: bool, out: Path, seeds: list[int], allow_mismatch: bo
     if not quick:
         arms = [Arm("fp32", "fmnist_micro_dense", ["train.precision=fp32"]),
                 Arm("bf16", "fmnist_micro_dense", ["train.precision=bf16"])]  # fmt: skip
-        res.update(_arms_report(run_arms(arms, seeds, out / "runs", allow_mismatch=allow_mismatch), "fp32", out))
+        records = run_arms(arms, seeds, out / "runs", extra_overrides=overrides, allow_mismatch=allow_mismatch)
+        res.update(_arms_report(records, "fp32", out))
     return res
 
 
 # ----------------------------------------------------------------------------------------------------- overhead
 @suite("overhead")
-def overhead_suite(quick: bool, out: Path, seeds: list[int], allow_mismatch: bool = False) -> dict:
+def overhead_suite(
+    quick: bool, out: Path, seeds: list[int], allow_mismatch: bool = False, overrides: list[str] | None = None
+) -> dict:
     """Zoo dense ViT vs timm's VisionTransformer of the same shape: train step time ratio (zoo / timm)."""
     rounds = 5 if quick else 15
     configs = [("small_p16_b8", "zoo_vit_small_p16", "vit_small_patch16_224", {}, 8)]
@@ -130,7 +143,9 @@ def _flops(model, batch: int, train: bool) -> int:
 
 
 @suite("routing")
-def routing_suite(quick: bool, out: Path, seeds: list[int], allow_mismatch: bool = False) -> dict:
+def routing_suite(
+    quick: bool, out: Path, seeds: list[int], allow_mismatch: bool = False, overrides: list[str] | None = None
+) -> dict:
     """Routed vs dense ViT-Ti/16 shape (192 wide, 12 blocks, 196 patch tokens): every other block routed."""
     capacities = [0.25] if quick else [0.5, 0.25, 0.125]
     batches = [1, 128] if quick else [1, 32, 128]
@@ -166,10 +181,11 @@ def routing_suite(quick: bool, out: Path, seeds: list[int], allow_mismatch: bool
     res.update(train_speedup=head["train_speedup"], infer_speedup=head["infer_speedup"],
                infer_speedup_b1=b1["infer_speedup"], flops_ratio=head["flops_ratio"])  # fmt: skip
     if not quick:
-        arms = [Arm("dense", "fmnist_micro_dense")] + [
-            Arm(f"routed_c{c}", "fmnist_micro_routed", [f"routing.capacity={c}"]) for c in capacities
-        ]
-        res.update(_arms_report(run_arms(arms, seeds, out / "runs", allow_mismatch=allow_mismatch), "dense", out))
+        from zoo.experiments import routing_accuracy
+
+        records, extra = routing_accuracy(capacities, seeds, out, overrides or [], allow_mismatch)
+        res.update(extra)
+        res.update(_arms_report(records, "dense", out))
     return res
 
 
@@ -182,7 +198,9 @@ def _frozen(model, first_trainable: int):
 
 
 @suite("unfreeze")
-def unfreeze_suite(quick: bool, out: Path, seeds: list[int], allow_mismatch: bool = False) -> dict:
+def unfreeze_suite(
+    quick: bool, out: Path, seeds: list[int], allow_mismatch: bool = False, overrides: list[str] | None = None
+) -> dict:
     """Step time with the bottom half frozen vs fully trainable (same model and batch), and the transfer experiment:
     pretrain on Fashion-MNIST classes 0-4, fine-tune on 5-9 with linear probe / full / full+LLRD / gradual+LLRD."""
     rounds = 4 if quick else 10
@@ -203,7 +221,7 @@ def unfreeze_suite(quick: bool, out: Path, seeds: list[int], allow_mismatch: boo
     }
     if not quick:
         pre_dir = out / "pretrain_0to4"
-        run_arms([Arm("pretrain_0to4", "fmnist_pretrain_0to4")], [0], pre_dir, allow_mismatch=allow_mismatch)
+        run_arms([Arm("pretrain_0to4", "fmnist_pretrain_0to4")], [0], pre_dir, overrides, allow_mismatch)
         src = f"model.pretrained=local-dir:{pre_dir / 'pretrain_0to4' / 'seed0' / 'model'}"
         arms = [
             Arm("full_ft", "fmnist_ft_5to9_full", [src]),
@@ -211,7 +229,8 @@ def unfreeze_suite(quick: bool, out: Path, seeds: list[int], allow_mismatch: boo
             Arm("full_ft_llrd", "fmnist_ft_5to9_llrd", [src]),
             Arm("gradual_llrd", "fmnist_ft_5to9_gradual", [src]),
         ]
-        res.update(_arms_report(run_arms(arms, seeds, out / "runs", allow_mismatch=allow_mismatch), "full_ft", out))
+        records = run_arms(arms, seeds, out / "runs", extra_overrides=overrides, allow_mismatch=allow_mismatch)
+        res.update(_arms_report(records, "full_ft", out))
     return res
 
 
@@ -238,7 +257,9 @@ def _activation_bytes(model, batch: int) -> int:
 
 
 @suite("memory")
-def memory_suite(quick: bool, out: Path, seeds: list[int], allow_mismatch: bool = False) -> dict:
+def memory_suite(
+    quick: bool, out: Path, seeds: list[int], allow_mismatch: bool = False, overrides: list[str] | None = None
+) -> dict:
     """Activation memory (peak minus params, grads, optimizer state) and step time at depth 6 / 12 / 24 for no
     checkpointing, full and selective checkpointing, and reversible blocks; same width and batch."""
     batch = 64
@@ -276,7 +297,52 @@ def memory_suite(quick: bool, out: Path, seeds: list[int], allow_mismatch: bool 
         ("step_s", "step s", ".3f"),
     ]
     (out / "memory.md").write_text(markdown_table(rows, cols) + "\n")
+    if not quick:
+        from zoo.experiments import attention_arms
+
+        res["attention"] = _attention_costs(rounds)
+        records = attention_arms(seeds, out, overrides or [], allow_mismatch)
+        res.update(_arms_report(records, "dense", out, name="attention_arms"))
     return res
+
+
+#: the attention variants at ViT-Ti/16 shape (14 x 14 grid), where attention is a real share of the cost
+_TINY_ATTENTION = {
+    "dense": {},
+    "window": {"attn_type": "window", "attn_args": {"window_size": 7}},
+    "spatial_reduction": {"attn_type": "spatial_reduction", "attn_args": {"sr_ratio": 2}},
+    "lowrank": {"attn_type": "lowrank", "attn_args": {"k_len": 64}},
+    "shared_qk": {"attn_type": "shared_qk"},
+}
+
+
+def _attention_costs(rounds: int) -> list[dict]:
+    """FLOPs and train step time of each attention variant against dense attention, side by side: on the
+    Fashion-MNIST model that the accuracy arms train (micro_p7, 16 tokens) and at ViT-Ti/16 shape (196 tokens)."""
+    from zoo.experiments import ATTENTION_ARMS
+
+    rows = []
+    for shape, name, variants, batch in [
+        ("micro_p7 (16 tokens)", "zoo_vit_micro_p7", ATTENTION_ARMS, 128),
+        ("tiny_p16 (196 tokens)", "zoo_vit_tiny_p16", _TINY_ATTENTION, 32),
+    ]:
+        fns = {v: train_step_fn(_model(name, **args), batch) for v, args in variants.items()}
+        t = interleaved_times(fns, rounds=rounds, warmup=1, progress=f"attention {name}")
+        dense_flops = _flops(_model(name), 1, train=False)
+        for v, args in variants.items():
+            flops = _flops(_model(name, **args), 1, train=False)
+            rows.append(
+                {
+                    "shape": shape,
+                    "variant": v,
+                    "batch": batch,
+                    "gflops_infer_b1": flops / 1e9,
+                    "flops_ratio": dense_flops / flops,
+                    "step_s": median(t[v]),
+                    "step_speedup": speedup(t, "dense", v),
+                }
+            )
+    return rows
 
 
 # ------------------------------------------------------------------------------------------------------- growth
@@ -306,27 +372,24 @@ def _growth_compute_fraction(recipe_name: str) -> float:
 
 
 @suite("growth")
-def growth_suite(quick: bool, out: Path, seeds: list[int], allow_mismatch: bool = False) -> dict:
+def growth_suite(
+    quick: bool, out: Path, seeds: list[int], allow_mismatch: bool = False, overrides: list[str] | None = None
+) -> dict:
     """Full-depth dense baseline vs growth schedules (depth, resolution, both), plus the control the literature asks
     for (No Train No Gain): the baseline given the growth run's compute, with its LR fully decayed in that budget."""
     fraction = _growth_compute_fraction("fmnist_grow_both")
-    epochs = 9.0
-    control_epochs = round(epochs * fraction, 2)
-    res: dict = {"grow_both_compute_fraction": fraction, "control_epochs": control_epochs}
+    res: dict = {"grow_both_compute_fraction": fraction}
     if quick:  # real runs on a 10k-image subset for 2 epochs: wall-clock and accuracy deltas, one seed
-        short = ["data.train_subset=10000", "schedule.epochs=2"]
-        arms = [Arm("dense", "fmnist_micro_dense", short), Arm("grow_both", "fmnist_grow_both", short)]
-        records = run_arms(arms, seeds[:1], out / "runs", allow_mismatch=allow_mismatch)
+        short = ["data.train_subset=10000", "schedule.epochs=2", "schedule.warmup=0.055", *(overrides or [])]
+        arms = [Arm("dense", "fmnist_micro_dense"), Arm("grow_both", "fmnist_grow_both")]
+        records = run_arms(arms, seeds[:1], out / "runs", extra_overrides=short, allow_mismatch=allow_mismatch)
     else:
-        arms = [
-            Arm("dense", "fmnist_micro_dense"),
-            Arm("grow_depth", "fmnist_grow_depth"),
-            Arm("grow_resolution", "fmnist_grow_resolution"),
-            Arm("grow_both", "fmnist_grow_both"),
-            Arm("dense_compute_matched", "fmnist_micro_dense", [f"schedule.epochs={control_epochs}"]),
-        ]
-        records = run_arms(arms, seeds, out / "runs", allow_mismatch=allow_mismatch)
-        res.update(_arms_report(records, "dense", out))
+        from zoo.experiments import growth_arms, mean_by_arm
+
+        records, extra = growth_arms(seeds, out, overrides or [], allow_mismatch, fraction)
+        res.update(extra)
+        # time to the baseline's final accuracy (mean over its seeds), read from each run's eval curve
+        res.update(_arms_report(records, "dense", out, target_acc=mean_by_arm(records, "acc")["dense"]))
     by_arm: dict[str, list[dict]] = {}
     for r in records:
         by_arm.setdefault(r["arm"], []).append(r)
@@ -335,4 +398,9 @@ def growth_suite(quick: bool, out: Path, seeds: list[int], allow_mismatch: bool 
     grow = by_arm["grow_both"]
     res["speedup"] = base_wall / (sum(r["wall_clock_s"] for r in grow) / len(grow))
     res["acc_delta"] = 100 * (sum(r["acc"] for r in grow) / len(grow) - base_acc)
+    if "dense_compute_matched" in by_arm:
+        control = by_arm["dense_compute_matched"]
+        res["acc_vs_control"] = 100 * (
+            sum(r["acc"] for r in grow) / len(grow) - sum(r["acc"] for r in control) / len(control)
+        )
     return res

@@ -1,0 +1,93 @@
+"""The full suites' training experiments: their pure parts, and the routing experiment end to end on a tiny subset
+(the real one trains for an hour; this guards its wiring: arms, equal-time epochs, fine-tune row, speed)."""
+
+import json
+
+import pytest
+
+from zoo.experiments import (
+    ATTENTION_ARMS,
+    epochs_from,
+    growth_events,
+    mean_by_arm,
+    mean_spikes,
+    routing_accuracy,
+    without_key,
+)
+
+
+def test_epochs_from_takes_the_last_override_else_default():
+    assert epochs_from([], 3.0) == 3.0
+    assert epochs_from(["schedule.epochs=5", "optim.lr=1", "schedule.epochs=2.5"], 3.0) == 2.5
+    with pytest.raises(ValueError, match="schedule.epochs"):
+        epochs_from(["schedule.epochs=many"], 3.0)
+
+
+def test_without_key():
+    assert without_key(["schedule.epochs=2", "data.train_subset=5", " schedule.epochs =3"], "schedule.epochs") == [
+        "data.train_subset=5"
+    ]
+
+
+def test_mean_by_arm():
+    recs = [{"arm": "a", "acc": 0.5}, {"arm": "a", "acc": 0.7}, {"arm": "b", "acc": 0.1}]
+    assert mean_by_arm(recs, "acc") == pytest.approx({"a": 0.6, "b": 0.1})
+
+
+def _metrics(*recs):
+    return [json.dumps(r) for r in recs]
+
+
+def test_growth_events_pair_each_event_with_the_loss_after_it():
+    lines = _metrics(
+        {"step": 10, "loss": 1.0},
+        {"step": 20, "event": {"growth_stage": 1}, "loss_before": 0.9},
+        {"step": 21, "loss_after_event": 1.4},
+        {"step": 40, "event": {"growth_stage": 2}, "loss_before": 0.7},
+        {"step": 41, "loss_after_event": 0.6},
+    )
+    ev = growth_events(lines)
+    assert [e["step"] for e in ev] == [20, 40]
+    assert ev[0]["spike"] == pytest.approx(0.5) and ev[1]["spike"] == pytest.approx(-0.1)
+
+
+def test_growth_events_event_without_after_has_no_spike():
+    ev = growth_events(_metrics({"step": 20, "event": {"growth_stage": 1}, "loss_before": 0.9}))
+    assert "spike" not in ev[0]
+    assert mean_spikes([ev]) == [{"step": 20, "event": {"growth_stage": 1}, "mean_spike": None, "n": 0}]
+
+
+def test_mean_spikes_average_over_seeds():
+    a = [{"step": 5, "event": "g1", "spike": 0.2}, {"step": 9, "event": "g2", "spike": 0.0}]
+    b = [{"step": 5, "event": "g1", "spike": 0.4}, {"step": 9, "event": "g2", "spike": 0.2}]
+    out = mean_spikes([a, b])
+    assert [o["mean_spike"] for o in out] == pytest.approx([0.3, 0.1])
+    assert all(o["n"] == 2 for o in out)
+
+
+def test_attention_arms_build_on_the_fashion_mnist_model():
+    import timm
+
+    import zoo  # noqa: F401
+
+    for name, args in ATTENTION_ARMS.items():
+        m = timm.create_model("zoo_vit_micro_p7", **args)
+        assert m.model_args.get("attn_type", "dense") == (args.get("attn_type") or "dense"), name
+
+
+def test_routing_experiment_end_to_end_on_a_subset(tmp_path, fmnist):
+    tiny = ["data.train_subset=256", "data.test_subset=256", "data.batch_size=64", "schedule.epochs=1"]
+    records, extra = routing_accuracy([0.25], [0], tmp_path, tiny, allow_mismatch=False)
+    arms = {r["arm"] for r in records}
+    assert arms == {"dense", "routed_c0.25", "routed_c0.25_equal_time"}
+    # the equal-time arm's epochs follow from the measured wall-clocks of the equal-epoch arms
+    walls = mean_by_arm(records, "wall_clock_s")
+    assert extra["equal_time_epochs"] == pytest.approx(round(walls["dense"] / walls["routed_c0.25"], 2))
+    recipe = (tmp_path / "runs" / "routed_c0.25_equal_time" / "seed0" / "recipe.yaml").read_text()
+    assert f"epochs: {extra['equal_time_epochs']}" in recipe
+    ft = extra["finetune"]
+    assert ft["per_seed"][0]["before"] == next(r["acc"] for r in records if r["arm"] == "dense")
+    assert 0.0 < ft["acc_after"] <= 1.0 and ft["infer_speedup_b256"] > 0
+    # the fine-tune kept its recipe's own 2 epochs (the suite's epoch override is not applied to it)
+    ft_recipe = (tmp_path / "runs" / "dense_to_routed" / "seed0" / "recipe.yaml").read_text()
+    assert "epochs: 2" in ft_recipe and "train_subset: 256" in ft_recipe

@@ -1,0 +1,202 @@
+"""The multi-seed training experiments behind the full benchmark suites (routing accuracy, growth, attention variants).
+
+Each experiment is a list of arms run by :func:`zoo.bench.run_arms` (one subprocess per run, resumable: finished
+runs in ``out`` are reused) and summarised with :func:`zoo.report.summarize_arms`. The arms of one comparison
+always share their epoch count and warm-up fraction, set here rather than in the recipes, so that the recipes'
+own lengths (13 epochs for the baseline, 9 for the others) cannot make a comparison unequal by accident.
+Suite-wide ``--set`` overrides from ``zoo bench`` come first and each arm's own overrides last, so an arm's
+defining change (its capacity, its epoch count) always wins.
+
+The pure parts (reading a suite's epoch count, the loss spikes of growth events, per-arm means) are separate
+functions so they can be tested without training.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from zoo.bench import Arm, check_comparable, run_arms
+
+
+def epochs_from(overrides: list[str], default: float) -> float:
+    """The ``schedule.epochs`` a list of ``--set`` overrides asks for (the last one wins), else ``default``."""
+    epochs = default
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.strip() == "schedule.epochs":
+            try:
+                epochs = float(value)
+            except ValueError:
+                raise ValueError(f"zoo bench: --set schedule.epochs: not a number: {value!r}") from None
+    return epochs
+
+
+def without_key(overrides: list[str], key: str) -> list[str]:
+    """``overrides`` minus those setting ``key``."""
+    return [o for o in overrides if o.partition("=")[0].strip() != key]
+
+
+def mean_by_arm(records: list[dict], key: str) -> dict[str, float]:
+    """Mean of ``key`` over the seeds of each arm."""
+    groups: dict[str, list[float]] = {}
+    for r in records:
+        groups.setdefault(r["arm"], []).append(float(r[key]))
+    return {arm: statistics.fmean(v) for arm, v in groups.items()}
+
+
+def growth_events(metrics_lines: list[str]) -> list[dict]:
+    """Growth / unfreeze events of a run's metrics.jsonl with the training loss on the step before and after.
+
+    The training loop logs ``{"step", "event", "loss_before"}`` at a stage boundary and ``{"step",
+    "loss_after_event"}`` on the first step of the new stage; ``spike`` is after minus before (positive: the change
+    cost loss). Single-step losses are noisy, so read spikes averaged over seeds.
+    """
+    events: list[dict] = []
+    for line in metrics_lines:
+        rec = json.loads(line)
+        if "event" in rec:
+            events.append({"step": rec["step"], "event": rec["event"], "loss_before": rec["loss_before"]})
+        elif "loss_after_event" in rec and events and "loss_after" not in events[-1]:
+            events[-1]["loss_after"] = rec["loss_after_event"]
+            events[-1]["spike"] = rec["loss_after_event"] - events[-1]["loss_before"]
+    return events
+
+
+def mean_spikes(per_seed: list[list[dict]]) -> list[dict]:
+    """Average the loss spike of the i-th event over seeds (runs of one arm share their event steps)."""
+    if not per_seed:
+        return []
+    out = []
+    for i, first in enumerate(per_seed[0]):
+        spikes = [events[i]["spike"] for events in per_seed if i < len(events) and "spike" in events[i]]
+        out.append(
+            {
+                "step": first["step"],
+                "event": first["event"],
+                "mean_spike": statistics.fmean(spikes) if spikes else None,
+                "n": len(spikes),
+            }
+        )
+    return out
+
+
+def _arm_spikes(runs_dir: Path, arm: str, seeds: list[int]) -> list[dict]:
+    per_seed = []
+    for s in seeds:
+        path = runs_dir / arm / f"seed{s}" / "metrics.jsonl"
+        per_seed.append(growth_events(path.read_text().splitlines()))
+    return mean_spikes(per_seed)
+
+
+# ------------------------------------------------------------------------------------------------------ routing
+def routing_accuracy(
+    capacities: list[float], seeds: list[int], out: Path, overrides: list[str], allow_mismatch: bool
+) -> tuple[list[dict], dict]:
+    """Dense vs routed (every other block) at equal epochs, the headline capacity at the dense arm's wall-clock,
+    and a trained dense model fine-tuned into a routed one.
+
+    Returns (records for the arms table, extra summary keys).
+    """
+    epochs = epochs_from(overrides, 3.0)
+    common = ["schedule.warmup=0.05", *overrides, f"schedule.epochs={epochs}"]
+    runs = out / "runs"
+    arms = [Arm("dense", "fmnist_micro_dense")] + [
+        Arm(f"routed_c{c}", "fmnist_micro_routed", [f"routing.capacity={c}"]) for c in capacities
+    ]
+    records = run_arms(arms, seeds, runs, extra_overrides=common, allow_mismatch=allow_mismatch)
+    walls = mean_by_arm(records, "wall_clock_s")
+    head = "routed_c0.25"
+    # equal wall-clock: the routed arm gets as many more epochs as its speed buys (measured on the equal-epoch runs)
+    equal_epochs = round(epochs * walls["dense"] / walls[head], 2)
+    equal = Arm(
+        f"{head}_equal_time", "fmnist_micro_routed", ["routing.capacity=0.25", f"schedule.epochs={equal_epochs}"]
+    )
+    records += run_arms([equal], seeds, runs, extra_overrides=common, allow_mismatch=allow_mismatch)
+    check_comparable(records, allow_mismatch)
+    accs = mean_by_arm(records, "acc")
+    extra = {
+        "accuracy_epochs": epochs,
+        "equal_time_epochs": equal_epochs,
+        "acc_delta_equal_epochs": 100 * (accs[head] - accs["dense"]),
+        "acc_delta_equal_time": 100 * (accs[equal.name] - accs["dense"]),
+        # the fine-tune keeps its recipe's own length; other suite-wide overrides (data, precision) apply
+        "finetune": routing_finetune(seeds, runs, without_key(overrides, "schedule.epochs"), allow_mismatch),
+    }
+    return records, extra
+
+
+def routing_finetune(seeds: list[int], runs: Path, overrides: list[str], allow_mismatch: bool) -> dict:
+    """Each seed's trained dense model fine-tuned into a routed one (schedules/fmnist_dense_to_routed.yaml: capacity
+    annealed 1.0 -> 0.25): accuracy before and after, and the measured speed of the two models side by side."""
+    from zoo.bench import interleaved_times, speedup
+    from zoo.hub import load_model
+    from zoo.steps import infer_step_fn, train_step_fn
+
+    before, after = [], []
+    for s in seeds:
+        src = runs / "dense" / f"seed{s}"
+        arm = Arm("dense_to_routed", "fmnist_dense_to_routed", [f"model.pretrained=local-dir:{src / 'model'}"])
+        rec = run_arms([arm], [s], runs, extra_overrides=overrides, allow_mismatch=allow_mismatch)[0]
+        before.append(json.loads((src / "result.json").read_text())["final_acc"])
+        after.append(rec["acc"])
+    dense_dir, routed_dir = runs / "dense" / f"seed{seeds[0]}" / "model", runs / "dense_to_routed" / f"seed{seeds[0]}"
+    models = {"dense": f"local-dir:{dense_dir}", "routed": f"local-dir:{routed_dir / 'model'}"}
+    t_inf = interleaved_times({k: infer_step_fn(load_model(v), 256) for k, v in models.items()}, rounds=8, warmup=2)
+    t_tr = interleaved_times({k: train_step_fn(load_model(v), 128) for k, v in models.items()}, rounds=6, warmup=1)
+    return {
+        "acc_before": statistics.fmean(before),
+        "acc_after": statistics.fmean(after),
+        "acc_delta_pt": 100 * (statistics.fmean(after) - statistics.fmean(before)),
+        "per_seed": [{"seed": s, "before": b, "after": a} for s, b, a in zip(seeds, before, after)],
+        "infer_speedup_b256": speedup(t_inf, "dense", "routed"),
+        "train_speedup_b128": speedup(t_tr, "dense", "routed"),
+    }
+
+
+# ------------------------------------------------------------------------------------------------------- growth
+def growth_arms(
+    seeds: list[int], out: Path, overrides: list[str], allow_mismatch: bool, compute_fraction: float
+) -> tuple[list[dict], dict]:
+    """Full-depth dense baseline vs depth / resolution / both growth at equal epochs, and the compute-matched
+    control: the baseline trained for ``compute_fraction`` of the epochs with its LR fully decayed in them."""
+    epochs = epochs_from(overrides, 4.0)
+    control_epochs = round(epochs * compute_fraction, 2)
+    # the growth recipes' warm-up: the baseline's own 0.04 would be a second difference between the arms
+    common = ["schedule.warmup=0.055", *overrides, f"schedule.epochs={epochs}"]
+    runs = out / "runs"
+    arms = [
+        Arm("dense", "fmnist_micro_dense"),
+        Arm("grow_depth", "fmnist_grow_depth"),
+        Arm("grow_resolution", "fmnist_grow_resolution"),
+        Arm("grow_both", "fmnist_grow_both"),
+        Arm("dense_compute_matched", "fmnist_micro_dense", [f"schedule.epochs={control_epochs}"]),
+    ]
+    records = run_arms(arms, seeds, runs, extra_overrides=common, allow_mismatch=allow_mismatch)
+    spikes = {a.name: _arm_spikes(runs, a.name, seeds) for a in arms if a.name.startswith("grow_")}
+    return records, {"epochs": epochs, "control_epochs": control_epochs, "loss_spikes": spikes}
+
+
+# ------------------------------------------------------------------------------------------- attention variants
+#: variant -> model args on zoo_vit_micro_p7 (4 x 4 patch grid): windows of 2 x 2, keys/values pooled 2 x 2,
+#: keys/values projected from 16 to 8 tokens, one shared query/key projection.
+ATTENTION_ARMS: dict[str, dict] = {
+    "dense": {},
+    "window": {"attn_type": "window", "attn_args": {"window_size": 2}},
+    "spatial_reduction": {"attn_type": "spatial_reduction", "attn_args": {"sr_ratio": 2}},
+    "lowrank": {"attn_type": "lowrank", "attn_args": {"k_len": 8}},
+    "shared_qk": {"attn_type": "shared_qk"},
+}
+
+
+def _args_override(args: dict) -> list[str]:
+    return [f"model.args={json.dumps(args)}"] if args else []
+
+
+def attention_arms(seeds: list[int], out: Path, overrides: list[str], allow_mismatch: bool) -> list[dict]:
+    """Each attention variant in the baseline recipe (same epochs, LR and seed) on Fashion-MNIST."""
+    epochs = epochs_from(overrides, 2.0)
+    common = [*overrides, f"schedule.epochs={epochs}"]
+    arms = [Arm(name, "fmnist_micro_dense", _args_override(args)) for name, args in ATTENTION_ARMS.items()]
+    return run_arms(arms, seeds, out / "runs", extra_overrides=common, allow_mismatch=allow_mismatch)
