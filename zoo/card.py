@@ -115,6 +115,13 @@ def _describe_growth(stage: dict) -> str:
     return ", ".join(parts) or "no change"
 
 
+def _stage_start(stage: dict) -> str:
+    """Where a growth / unfreeze stage starts: ``at 25%`` (fraction of training) or ``at step 1053``."""
+    if stage.get("step") is not None:
+        return f"at step {stage['step']}"
+    return f"at {stage['at']:.0%}"
+
+
 def _ranges(values: list[int]) -> str:
     """[5, 6, 7, 9] -> '5-7, 9'."""
     out: list[list[int]] = []
@@ -211,7 +218,7 @@ def unfreeze_summary(recipe: dict) -> str | None:
         return f"gradual unfreezing: top {u['start_groups']} layer group(s) first, one more every {u['every']:.0%}"
     if u["mode"] == "freezeout":
         return f"FreezeOut: one more bottom layer group frozen every {u['every']:.0%} of training"
-    stages = ", ".join(f"from group {s['trainable_from']} at {s['at']:.0%}" for s in u["stages"])
+    stages = ", ".join(f"from group {s['trainable_from']} {_stage_start(s)}" for s in u["stages"])
     return f"staged unfreezing: {stages}"
 
 
@@ -374,7 +381,7 @@ def history_markdown(inp: CardInputs) -> str:
     lines = []
     g = inp.recipe.get("growth")
     if g:
-        plan = "; ".join(f"at {s['at']:.0%}: {_describe_growth(s)}" for s in g["stages"])
+        plan = "; ".join(f"{_stage_start(s)}: {_describe_growth(s)}" for s in g["stages"])
         lines.append(
             f"- growth (recipe): {plan}; optimizer state `{g.get('optimizer_state', 'zero')}`"
             + (", grown from the EMA weights" if g.get("from_ema") else "")

@@ -378,12 +378,12 @@ def grow(
     already wide; resolution last because a resampling map can only be composed with what precedes it). Their maps
     are composed, so the result maps ORIGINAL parameter names to FINAL ones in one step. ``source`` (e.g. the EMA
     copy) is carried through the width steps with the same maps before it feeds a stack/interpolate depth step.
-    ``noise`` applies to every width operator. A key ``at`` (stage position in the recipe) is ignored.
+    ``noise`` applies to every width operator. Keys ``at`` and ``step`` (where the stage starts) are ignored.
 
     Raises:
         ValueError: On unknown keys or a shrinking size.
     """
-    unknown = set(spec) - set(GROW_KEYS) - {"at"}
+    unknown = set(spec) - set(GROW_KEYS) - {"at", "step"}
     if unknown:
         raise ValueError(f"unknown growth keys {sorted(unknown)}; expected {GROW_KEYS}")
     # validate every size before changing anything, so a bad stage leaves the model untouched

@@ -105,7 +105,9 @@ class RoutingConfig:
 
 @dataclass
 class GrowthStage:
-    at: float  # fraction of training where this stage starts
+    # where this stage starts: exactly one of `at` (fraction of training) or `step` (optimizer step)
+    at: float | None = None
+    step: int | None = None
     depth: int | None = None
     depth_op: str = "zero"  # zero | stack | interpolate
     embed_dim: int | None = None
@@ -125,9 +127,11 @@ class GrowthConfig:
     optimizer_state: str = "zero"  # zero (new entries' moments 0, MSG) | copy (duplicates copy moments) | reset
 
 
-@dataclass
+@dataclass(kw_only=True)
 class UnfreezeStage:
-    at: float  # fraction of training
+    # where this stage starts: exactly one of `at` (fraction of training) or `step` (optimizer step)
+    at: float | None = None
+    step: int | None = None
     trainable_from: int  # first trainable layer group (0 = stem: everything trainable)
 
 
@@ -151,7 +155,15 @@ class Recipe:
     unfreeze: UnfreezeConfig | None = None
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain data; a stage's unset ``at`` / ``step`` is left out, so recipes written before ``step`` existed keep
+        their hash (manifests, checkpoints and model cards record it)."""
+        data = dataclasses.asdict(self)
+        for section in ("growth", "unfreeze"):
+            for st in (data.get(section) or {}).get("stages") or []:
+                for key in ("at", "step"):
+                    if st.get(key) is None:
+                        st.pop(key, None)
+        return data
 
 
 # ------------------------------------------------------------------------------------------------- typed building
@@ -170,6 +182,9 @@ def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
             if type(None) in options:
                 return None
             raise RecipeError(source, where, f"must not be null (expected {_type_name(tp)})")
+        real = [opt for opt in options if opt is not type(None)]
+        if len(real) == 1:  # an optional value: report the inner error, which names the exact field (a.b[0].c)
+            return _coerce(value, real[0], where, source)
         errors = []
         for opt in options:
             if opt is type(None):
@@ -318,13 +333,52 @@ def validate(recipe: Recipe, source: str) -> Recipe:
             raise err("routing.layers", f"must be 'every_other', 'all' or a list of block indices, got {r.layers!r}")
         if not 0 <= r.anneal < 1:
             raise err("routing.anneal", f"must be a fraction in [0, 1), got {r.anneal}")
+
+    def check_starts(section: str, stages: list, first_step: int) -> None:
+        """Each stage starts at exactly one of ``at`` / ``step``, one kind per list, strictly increasing, and (when
+        the run length is fixed by ``schedule.steps``) inside the run; an epoch-based run checks steps at its start."""
+        low = "(0, 1)" if first_step > 0 else "[0, 1)"
+        prev_at, prev_step, kind = -1.0 if first_step == 0 else 0.0, first_step - 1, None
+        total = recipe.schedule.steps
+        for i, st in enumerate(stages):
+            where = f"{section}.stages[{i}]"
+            if st.at is None and st.step is None:
+                raise err(f"{where}.at", "required: set `at` (fraction of training) or `step` (optimizer step)")
+            if st.at is not None and st.step is not None:
+                raise err(
+                    f"{where}.step", "set either `at` (fraction of training) or `step` (optimizer step), not both"
+                )
+            this = "at" if st.at is not None else "step"
+            if kind is not None and this != kind:
+                msg = f"mixes `at` and `step` stages: the first stage uses `{kind}`; give every stage the same kind"
+                raise err(f"{where}.{this}", msg)
+            kind = this
+            if st.at is not None:
+                if not prev_at < st.at < 1:
+                    raise err(f"{where}.at", f"stages must be in increasing order within {low}, got {st.at}")
+                prev_at = st.at
+                continue
+            if st.step <= prev_step:
+                msg = f"stages must be in strictly increasing order from step {first_step}, got {st.step}"
+                raise err(f"{where}.step", msg)
+            if total is not None and st.step >= total:
+                msg = f"step {st.step} is outside the run: schedule.steps is {total} (a stage must start before it)"
+                raise err(f"{where}.step", msg)
+            prev_step = st.step
+
     g = recipe.growth
     if g is not None:
-        prev, prev_depth = 0.0, None
+        for key in ("budget_flops", "budget_seconds"):
+            if getattr(g, key) is not None:
+                for i, st in enumerate(g.stages):
+                    if st.step is not None:
+                        msg = f"growth.{key} solves the stage boundaries: give each stage a nominal `at` fraction "
+                        raise err(
+                            f"growth.stages[{i}].step", msg + "(the solver moves it to fit the budget), not a step"
+                        )
+        check_starts("growth", g.stages, 1)
+        prev_depth = None
         for i, st in enumerate(g.stages):
-            if not prev < st.at < 1:
-                raise err(f"growth.stages[{i}].at", f"stages must be in increasing order within (0, 1), got {st.at}")
-            prev = st.at
             if all(v is None for v in (st.depth, st.embed_dim, st.num_heads, st.mlp_hidden, st.img_size)):
                 raise err(
                     f"growth.stages[{i}]", "grows nothing: set depth, embed_dim, num_heads, mlp_hidden or img_size"
@@ -353,11 +407,7 @@ def validate(recipe: Recipe, source: str) -> Recipe:
             raise err("unfreeze.every", f"must be a fraction in (0, 1), got {u.every}")
         if u.start_groups < 1:
             raise err("unfreeze.start_groups", f"must be >= 1, got {u.start_groups}")
-        prev = -1.0
-        for i, st in enumerate(u.stages):
-            if not prev < st.at < 1:
-                raise err(f"unfreeze.stages[{i}].at", f"stages must be in increasing order within [0, 1), got {st.at}")
-            prev = st.at
+        check_starts("unfreeze", u.stages, 0)
     return recipe
 
 

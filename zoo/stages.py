@@ -80,6 +80,32 @@ def build_optimizer(model: nn.Module, recipe: Recipe, previous: torch.optim.Opti
     return opt
 
 
+def stage_step(stage, total: int) -> int:
+    """The optimizer step at which a growth or unfreeze stage takes effect in a run of ``total`` steps: its ``step``
+    as given, or its ``at`` fraction rounded up to a step (``boundary_steps``). A pure function of the recipe and the
+    run length, so a resumed run maps every stage to the same step."""
+    if stage.step is not None:
+        return int(stage.step)
+    return boundary_steps([stage.at], total)[0]
+
+
+def stage_steps(stages: list, total: int, section: str) -> list[int]:
+    """``stage_step`` of each stage of ``{section}.stages``; a ``step`` that is not inside the run is a RecipeError
+    naming the field."""
+    out = []
+    for i, st in enumerate(stages):
+        step = stage_step(st, total)
+        if st.step is not None and not 0 <= step < total:
+            raise RecipeError(
+                "recipe",
+                f"{section}.stages[{i}].step",
+                f"step {step} is outside the run: it has {total} optimizer steps (a stage must start before step "
+                f"{total}; at {total} or later it would never take effect)",
+            )
+        out.append(step)
+    return out
+
+
 @dataclass
 class StagePlan:
     """When the structure changes: unfreeze stages (first trainable group per step); routing capacity anneal."""
@@ -94,15 +120,21 @@ class StagePlan:
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, total: int, growth_at: list[float] | None = None) -> StagePlan:
-        """``growth_at`` replaces the recipe's growth stage starts (a budget-solved schedule)."""
+        """``growth_at`` replaces the recipe's growth stage starts (a budget-solved schedule).
+
+        Raises RecipeError naming the field when a stage given by ``step`` does not start inside the run of ``total``
+        steps (an epoch-based recipe's length is only known here, at run start).
+        """
         plan = cls(total=total, recipe=recipe)
         u = recipe.unfreeze
         if u is not None and u.mode == "stages":
-            steps = boundary_steps([s.at for s in u.stages], total)
+            steps = stage_steps(u.stages, total, "unfreeze")
             plan.unfreeze_steps = [(st, s.trainable_from) for st, s in zip(steps, u.stages)]
         if recipe.growth is not None:
-            at = growth_at if growth_at is not None else [s.at for s in recipe.growth.stages]
-            plan.growth_steps = boundary_steps(at, total)
+            if growth_at is not None:
+                plan.growth_steps = boundary_steps(growth_at, total)
+            else:
+                plan.growth_steps = stage_steps(recipe.growth.stages, total, "growth")
         return plan
 
     def growth_stage(self, step: int) -> int:
