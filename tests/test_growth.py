@@ -298,3 +298,12 @@ def test_shrinking_and_bad_specs_raise():
     assert model.embed_dim == 32 and model.model_args["head_dim"] is None
     with pytest.raises(ValueError):
         ParamMap(new="x", old=None).map_value(torch.zeros(1))
+
+
+@pytest.mark.parametrize("name", ["zoo_revvit_micro_p4", "zoo_msvit_micro_p2"])
+def test_growth_refuses_families_without_support(name):
+    model = timm.create_model(name)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(NotImplementedError, match="does not support layer-wise growth"):
+        grow(model, {"depth": 12})
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

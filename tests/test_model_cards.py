@@ -47,3 +47,14 @@ def test_card_accuracy_reproduces_on_the_test_set(name, fmnist):
     bundle = build_datasets(recipe["data"]["name"], classes=recipe["data"].get("classes"))
     res = accuracy(model, bundle.test_x, bundle.test_y, bundle.mean, bundle.std)
     assert abs(res["acc"] - result["final_acc"]) * 100 <= 0.1, (res["acc"], result["final_acc"])
+
+
+@pytest.mark.parametrize("name", CARDS)
+def test_zoo_hub_loads_a_tag_with_its_published_weights(name):
+    from zoo.hub import load_model
+
+    published = timm.create_model(name, pretrained=True).state_dict()
+    loaded = load_model(name).state_dict()
+    assert all(torch.equal(published[k], v) for k, v in loaded.items())
+    fresh = load_model(name.split(".")[0]).state_dict()  # the bare architecture name: untrained, as in timm
+    assert not all(torch.equal(published[k], fresh[k]) for k in published)

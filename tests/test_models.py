@@ -55,7 +55,8 @@ def example_input(model, batch: int = 1) -> torch.Tensor:
 
 def test_registry_lists_all_families():
     expected = {"zoo_vit_tiny_p16", "zoo_vit_small_p16", "zoo_vit_base_p16", "zoo_vit_micro_p4", "zoo_vit_mini_p4",
-                "zoo_vit_micro_p7", "zoo_revvit_micro_p4", "zoo_revvit_mini_p4", "zoo_revvit_small_p16"}  # fmt: skip
+                "zoo_vit_micro_p7", "zoo_revvit_micro_p4", "zoo_revvit_mini_p4", "zoo_revvit_small_p16",
+                "zoo_msvit_micro_p2", "zoo_msvit_tiny_p4"}  # fmt: skip
     assert expected <= set(ZOO_MODELS)
 
 

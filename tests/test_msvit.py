@@ -276,11 +276,11 @@ def test_zoovit_only_features_are_clear_errors():
         make(num_heads=[1, 2, 4])
     with pytest.raises(ValueError, match="multiple of patch_size"):
         make(img_size=29)
-    # growth: zoo.growth needs the single width ZooViT has; it fails on reading it, before changing anything
+    # growth: zoo.growth needs the single width ZooViT has; it refuses clearly, before changing anything
     from zoo.growth import grow
 
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(AttributeError, match="embed_dim"):
+    with pytest.raises(NotImplementedError, match="does not support layer-wise growth"):
         grow(model, {"depth": 4})
     assert before.keys() == model.state_dict().keys()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -511,7 +511,9 @@ def body_markdown(inp: CardInputs) -> str:
         f"## Architecture\n\n{architecture_markdown(inp)}",
         f"## Growth, unfreezing and routing history\n\n{history_markdown(inp)}",
         f"## Training cost\n\n{cost_markdown(inp)}{plot}",
-        f"## Recipe\n\nThe run's `recipe.yaml`, verbatim (also in this repo):\n\n{fenced(inp.recipe_text, 'yaml')}",
+        f"## Recipe\n\nThe run's `recipe.yaml`, verbatim (also in this repo):\n\n{fenced(inp.recipe_text, 'yaml')}\n\n"
+        f"Re-run it and compare with this card: `zoo reproduce model_cards/{inp.name}` (add `--epochs 1` to stop after "
+        "one epoch of the unchanged schedule and compare with this run's logged accuracy at that step).",
         f"## Limitations\n\n{limitations_markdown(inp)}",
         f"## Files\n\n{files_markdown(inp)}",
     ]

@@ -366,6 +366,17 @@ def grow_resolution(model: ZooViT, new_img_size: int) -> list[ParamMap]:
 
 # ----------------------------------------------------------------------------------------------------- dispatcher
 @torch.no_grad()
+def check_growable(model: nn.Module) -> None:
+    """Raise NotImplementedError unless ``model`` is a family whose definition supports the growth operators (ZooViT:
+    one residual width, a plain block list). Hierarchical (``zoo_msvit``) and reversible (``zoo_revvit``) models do
+    not, and must fail clearly before anything changes rather than on some attribute halfway through."""
+    if not getattr(model, "supports_growth", False):
+        raise NotImplementedError(
+            f"{type(model).__name__} does not support layer-wise growth (the operators need ZooViT's single "
+            "residual width and plain block list); grow a zoo_vit_* model instead"
+        )
+
+
 def grow(
     model: ZooViT,
     spec: Mapping,
@@ -383,6 +394,7 @@ def grow(
     Raises:
         ValueError: On unknown keys or a shrinking size.
     """
+    check_growable(model)
     unknown = set(spec) - set(GROW_KEYS) - {"at", "step"}
     if unknown:
         raise ValueError(f"unknown growth keys {sorted(unknown)}; expected {GROW_KEYS}")

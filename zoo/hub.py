@@ -254,7 +254,9 @@ def load_model(source: str, **overrides) -> nn.Module:
     if Path(source).is_dir():
         return load_folder(source, **overrides)
     if timm.is_model(source):
-        return timm.create_model(source, **overrides)
+        # a tagged name (zoo_vit_micro_p7.fmnist) means its published weights (a bundled safetensors file); a bare
+        # architecture name means a fresh, untrained model, as in timm
+        return timm.create_model(source, pretrained="." in source, **overrides)
     raise ModelLoadError(source, "<source>", "not a folder, local-dir:/hf-hub: id, or registered model name")
 
 

@@ -11,7 +11,7 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 MODEL_CARDS = CHECKOUT / "model_cards"
 LOCAL_DIR = "local-dir:"
 
-# registered name -> the run that produced it (its card says how: `zoo reproduce` when that lands)
+# registered name -> the run that produced it (`zoo reproduce model_cards/NAME` re-runs its recipe)
 PUBLISHED = {
     "zoo_vit_micro_p7.fmnist": "schedules/fmnist_micro_dense.yaml",
     "zoo_vit_micro_p7_r25.fmnist": "schedules/fmnist_dense_to_routed.yaml",

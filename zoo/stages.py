@@ -181,6 +181,8 @@ class StagePlan:
                 raise RecipeError("recipe", "unfreeze.start_groups", f"{u.start_groups} > {G} layer groups")
         g = self.recipe.growth
         if g is not None:
+            if not getattr(model, "supports_growth", False):
+                raise RecipeError("recipe", "growth", f"{type(model).__name__} does not support layer-wise growth")
             blk = model.blocks[0]
             now = {"depth": len(model.blocks), "embed_dim": model.embed_dim, "num_heads": blk.attn.num_heads,
                    "mlp_hidden": blk.mlp.fc1.out_features, "img_size": model.model_args["img_size"]}  # fmt: skip

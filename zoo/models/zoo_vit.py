@@ -80,6 +80,8 @@ class ZooViT(nn.Module):
     e.g. ``{"window_size": 4}``) select every block's attention; see ``zoo.attention``.
     """
 
+    supports_growth = True  # zoo.growth operators apply (single residual width, plain block list)
+
     def __init__(
         self,
         img_size: int = 224,
