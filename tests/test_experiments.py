@@ -4,6 +4,7 @@
 import json
 
 import pytest
+import yaml
 
 from zoo.experiments import (
     ATTENTION_ARMS,
@@ -21,6 +22,8 @@ def test_epochs_from_takes_the_last_override_else_default():
     assert epochs_from(["schedule.epochs=5", "optim.lr=1", "schedule.epochs=2.5"], 3.0) == 2.5
     with pytest.raises(ValueError, match="schedule.epochs"):
         epochs_from(["schedule.epochs=many"], 3.0)
+    with pytest.raises(ValueError, match="schedule.steps"):
+        epochs_from(["schedule.steps=100"], 3.0)
 
 
 def test_without_key():
@@ -91,3 +94,11 @@ def test_routing_experiment_end_to_end_on_a_subset(tmp_path, fmnist):
     # the fine-tune kept its recipe's own 2 epochs (the suite's epoch override is not applied to it)
     ft_recipe = (tmp_path / "runs" / "dense_to_routed" / "seed0" / "recipe.yaml").read_text()
     assert "epochs: 2" in ft_recipe and "train_subset: 256" in ft_recipe
+    control = yaml.safe_load((tmp_path / "runs" / "dense_finetune_control" / "seed0" / "recipe.yaml").read_text())
+    assert control.get("routing") is None and control["schedule"]["epochs"] == 2
+    assert ft["acc_vs_control_pt"] == pytest.approx(100 * (ft["acc_after"] - ft["acc_control"]))
+    # a rerun reuses the finished runs; asking for other settings in the same folder is refused, not mislabeled
+    again, _ = routing_accuracy([0.25], [0], tmp_path, tiny, allow_mismatch=False)
+    assert [r["acc"] for r in again] == [r["acc"] for r in records]
+    with pytest.raises(RuntimeError, match="trained with other settings"):
+        routing_accuracy([0.25], [0], tmp_path, [*tiny[:-1], "schedule.epochs=2"], allow_mismatch=False)

@@ -58,3 +58,10 @@ def test_zoo_hub_loads_a_tag_with_its_published_weights(name):
     assert all(torch.equal(published[k], v) for k, v in loaded.items())
     fresh = load_model(name.split(".")[0]).state_dict()  # the bare architecture name: untrained, as in timm
     assert not all(torch.equal(published[k], fresh[k]) for k in published)
+
+
+def test_zoo_hub_refuses_an_unpublished_tag():
+    from zoo.hub import ModelLoadError, load_model
+
+    with pytest.raises(ModelLoadError, match="no published weights"):
+        load_model("zoo_vit_micro_p7.fmnst")

@@ -97,10 +97,12 @@ def run_arms(
     for arm, seed in tqdm(jobs, desc="bench runs"):
         run_dir = out / arm.name / f"seed{seed}"
         result_file = run_dir / "result.json"
-        if not result_file.exists():
+        # suite-wide overrides first, the arm's own last: an arm's defining change (capacity, epochs) always wins
+        sets = [*(extra_overrides or []), *arm.overrides, f"train.seed={seed}"]
+        if result_file.exists():
+            _check_reused_run(run_dir, arm.recipe, sets)
+        else:
             run_dir.mkdir(parents=True, exist_ok=True)
-            # suite-wide overrides first, the arm's own last: an arm's defining change (capacity, epochs) always wins
-            sets = [*(extra_overrides or []), *arm.overrides, f"train.seed={seed}"]
             cmd = [sys.executable, "-m", "zoo.cli", "train", arm.recipe, "--out", str(run_dir), "--no-progress"]
             cmd += [x for s in sets for x in ("--set", s)]
             if (run_dir / "recipe.yaml").exists():
@@ -126,6 +128,23 @@ def run_arms(
         )
     check_comparable(records, allow_mismatch)
     return records
+
+
+def _check_reused_run(run_dir: Path, recipe: str, sets: list[str]) -> None:
+    """A finished run is reused only if it trained exactly this recipe and these overrides: otherwise a rerun with
+    other settings (``--set schedule.epochs=9``, other seeds moving an equal-time arm's length) would silently
+    report old runs under the new settings."""
+    from zoo.cli import resolve_recipe_path
+    from zoo.manifest import recipe_hash
+    from zoo.recipe import load_recipe
+
+    want = recipe_hash(load_recipe(resolve_recipe_path(recipe), sets).to_dict())
+    have = json.loads((run_dir / "manifest.json").read_text()).get("recipe_hash")
+    if have != want:
+        raise RuntimeError(
+            f"{run_dir / 'manifest.json'}: recipe_hash {have} is not that of {recipe} with {sets} ({want}): the "
+            "finished run was trained with other settings; use another --out or delete that run"
+        )
 
 
 # what may differ between runs of one comparison: the arm itself and what follows from it

@@ -25,6 +25,8 @@ def epochs_from(overrides: list[str], default: float) -> float:
     epochs = default
     for item in overrides:
         key, _, value = item.partition("=")
+        if key.strip() == "schedule.steps":  # would silently give the equal-time and compute-matched arms its length
+            raise ValueError("zoo bench: --set schedule.steps: suites size their arms in epochs; use schedule.epochs")
         if key.strip() == "schedule.epochs":
             try:
                 epochs = float(value)
@@ -129,18 +131,28 @@ def routing_accuracy(
 
 def routing_finetune(seeds: list[int], runs: Path, overrides: list[str], allow_mismatch: bool) -> dict:
     """Each seed's trained dense model fine-tuned into a routed one (schedules/fmnist_dense_to_routed.yaml: capacity
-    annealed 1.0 -> 0.25): accuracy before and after, and the measured speed of the two models side by side."""
+    annealed 1.0 -> 0.25) and, as the control, with the same recipe without routing: accuracy before and after,
+    and the measured speed of the dense and routed models side by side."""
     from zoo.bench import interleaved_times, speedup
     from zoo.hub import load_model
     from zoo.steps import infer_step_fn, train_step_fn
 
-    before, after = [], []
+    before, after, control, records = [], [], [], []
     for s in seeds:
         src = runs / "dense" / f"seed{s}"
-        arm = Arm("dense_to_routed", "fmnist_dense_to_routed", [f"model.pretrained=local-dir:{src / 'model'}"])
-        rec = run_arms([arm], [s], runs, extra_overrides=overrides, allow_mismatch=allow_mismatch)[0]
+        source = f"model.pretrained=local-dir:{src / 'model'}"
+        # the control continues training the same dense model with the same recipe minus routing: the source is
+        # still improving, so "after - before" alone would credit routing with the extra epochs
+        arms = [
+            Arm("dense_to_routed", "fmnist_dense_to_routed", [source]),
+            Arm("dense_finetune_control", "fmnist_dense_to_routed", [source, "routing=null"]),
+        ]
+        recs = run_arms(arms, [s], runs, extra_overrides=overrides, allow_mismatch=allow_mismatch)
+        records += recs
         before.append(json.loads((src / "result.json").read_text())["final_acc"])
-        after.append(rec["acc"])
+        after.append(next(r["acc"] for r in recs if r["arm"] == "dense_to_routed"))
+        control.append(next(r["acc"] for r in recs if r["arm"] == "dense_finetune_control"))
+    check_comparable(records, allow_mismatch)
     dense_dir, routed_dir = runs / "dense" / f"seed{seeds[0]}" / "model", runs / "dense_to_routed" / f"seed{seeds[0]}"
     models = {"dense": f"local-dir:{dense_dir}", "routed": f"local-dir:{routed_dir / 'model'}"}
     t_inf = interleaved_times({k: infer_step_fn(load_model(v), 256) for k, v in models.items()}, rounds=8, warmup=2)
@@ -148,8 +160,13 @@ def routing_finetune(seeds: list[int], runs: Path, overrides: list[str], allow_m
     return {
         "acc_before": statistics.fmean(before),
         "acc_after": statistics.fmean(after),
+        "acc_control": statistics.fmean(control),
         "acc_delta_pt": 100 * (statistics.fmean(after) - statistics.fmean(before)),
-        "per_seed": [{"seed": s, "before": b, "after": a} for s, b, a in zip(seeds, before, after)],
+        # the cost of routing itself: routed fine-tune minus the same fine-tune without routing
+        "acc_vs_control_pt": 100 * (statistics.fmean(after) - statistics.fmean(control)),
+        "per_seed": [
+            {"seed": s, "before": b, "after": a, "control": c} for s, b, a, c in zip(seeds, before, after, control)
+        ],
         "infer_speedup_b256": speedup(t_inf, "dense", "routed"),
         "train_speedup_b128": speedup(t_tr, "dense", "routed"),
     }
@@ -161,7 +178,7 @@ def growth_arms(
 ) -> tuple[list[dict], dict]:
     """Full-depth dense baseline vs depth / resolution / both growth at equal epochs, and the compute-matched
     control: the baseline trained for ``compute_fraction`` of the epochs with its LR fully decayed in them."""
-    epochs = epochs_from(overrides, 4.0)
+    epochs = epochs_from(overrides, 3.0)
     control_epochs = round(epochs * compute_fraction, 2)
     # the growth recipes' warm-up: the baseline's own 0.04 would be a second difference between the arms
     common = ["schedule.warmup=0.055", *overrides, f"schedule.epochs={epochs}"]

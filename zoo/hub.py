@@ -253,11 +253,25 @@ def load_model(source: str, **overrides) -> nn.Module:
         return load_folder(hub_folder(repo, rev or None), **overrides)
     if Path(source).is_dir():
         return load_folder(source, **overrides)
+    if "." in source and timm.is_model(source.partition(".")[0]):
+        return _load_published(source, **overrides)
     if timm.is_model(source):
-        # a tagged name (zoo_vit_micro_p7.fmnist) means its published weights (a bundled safetensors file); a bare
-        # architecture name means a fresh, untrained model, as in timm
-        return timm.create_model(source, pretrained="." in source, **overrides)
+        return timm.create_model(source, **overrides)  # a bare architecture name: untrained, as in timm
     raise ModelLoadError(source, "<source>", "not a folder, local-dir:/hf-hub: id, or registered model name")
+
+
+def _load_published(tag: str, **overrides) -> nn.Module:
+    """A published tag (``zoo_vit_micro_p7.fmnist``): its bundled folder, else its hub repo, through the same
+    safetensors + JSON loader with the weights hash check. An unknown tag is an error: timm would strip it and
+    build random weights with only a logged warning."""
+    from zoo.pretrained import HUB_ORG, PUBLISHED, card_folder
+
+    if tag not in PUBLISHED:
+        raise ModelLoadError(tag, "<tag>", f"no published weights under this tag; published: {sorted(PUBLISHED)}")
+    folder = card_folder(tag)
+    if not (folder / CONFIG_NAME).is_file():  # a pip-installed package without the bundled model_cards/
+        folder = hub_folder(f"{HUB_ORG}/{tag}", None)
+    return load_folder(folder, **overrides)
 
 
 def load_timm_weights(model: nn.Module, file: str | Path) -> nn.Module:

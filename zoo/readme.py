@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 
 
@@ -47,7 +48,7 @@ def bench_markdown(summary: dict) -> str:
             lines += ["", f"{title}: `{json.dumps(_rounded(summary[key]))}`"]
     m = summary.get("manifest", {})
     cpu = m.get("cpu_model") or "unknown CPU"
-    sets = "".join(f" --set {o}" for o in summary.get("overrides") or [])
+    sets = "".join(f" --set {shlex.quote(o)}" for o in summary.get("overrides") or [])
     seeds = f" --seeds {','.join(map(str, summary['seeds']))}" if summary.get("seeds") and not quick else ""
     lines += ["", f"`zoo bench {summary['suite']}{quick}{seeds}{sets}` on {cpu}, {m.get('cpu_count')} cores, "
                   f"torch {m.get('versions', {}).get('torch')}, {m.get('created_at', '')[:10]}."]  # fmt: skip
@@ -59,12 +60,18 @@ def bench_markdown(summary: dict) -> str:
 def _detail_table(detail: list[dict] | None) -> list[str]:
     if not detail:
         return []
-    cols = list(detail[0].keys())
+    cols = list(dict.fromkeys(k for r in detail for k in r))  # every row's keys: batch-1 rows lack train columns
     lines = ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in detail:
-        cells = (f"{r.get(c):.3g}" if isinstance(r.get(c), float) else str(r.get(c)) for c in cols)
+        cells = (_cell(r.get(c)) for c in cols)
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def _rounded(value):

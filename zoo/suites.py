@@ -357,7 +357,7 @@ def _growth_compute_fraction(recipe_name: str) -> float:
     from zoo.flops import count_flops
     from zoo.recipe import load_recipe
     from zoo.schedule import boundaries_to_fractions
-    from zoo.stages import build_model
+    from zoo.stages import build_model, stage_steps
     from zoo.steps import random_batch
 
     recipe = load_recipe(resolve_recipe_path(recipe_name))
@@ -367,7 +367,8 @@ def _growth_compute_fraction(recipe_name: str) -> float:
     for m in models:
         x, y = random_batch(m, 8)
         costs.append(count_flops(m.train(), x, loss_fn=lambda out, y=y: F.cross_entropy(out, y))[0])
-    fractions = boundaries_to_fractions([s.at for s in recipe.growth.stages])
+    total = 10_000  # any run length: `step:` stages become fractions of it, `at:` stages are fractions already
+    fractions = boundaries_to_fractions([step / total for step in stage_steps(recipe.growth.stages, total, "growth")])
     return sum(f * c for f, c in zip(fractions, costs)) / costs[-1]
 
 

@@ -183,6 +183,13 @@ def train(
     """
     out = Path(out)
     resuming = prepare_out_dir(out, recipe, resume, force)
+    if resuming and (out / "result.json").exists():
+        # a finished run of this recipe: nothing to train, and its result must not be rewritten. Decided before any
+        # Accelerate or tracker state exists; every rank reads the same file, written in an earlier session.
+        done = json.loads((out / "result.json").read_text())
+        return RunResult(
+            out, done["final_acc"], done["final_loss"], done["steps"], done["wall_clock_s"], done["img_per_s"]
+        )
     d = recipe.data
     bundle = build_datasets(
         d.name,
@@ -279,12 +286,6 @@ def train(
     ckpt_every = recipe.train.checkpoint_every or steps_per_epoch
     skipped_nonfinite = 0
     after_event = plan.changes_at(start_step)  # resumed right after a boundary: its "loss after" is still due
-    finished = out / "result.json"
-    if start_step >= total and finished.exists():
-        # resuming a finished run: nothing to train, and its result (final eval, wall-clock) must not be rewritten
-        bar.close()
-        done = json.loads(finished.read_text())
-        return RunResult(out, done["final_acc"], done["final_loss"], total, done["wall_clock_s"], done["img_per_s"])
     if start_step >= total:  # stopped between the last checkpoint and the result: evaluate the final weights again
         a, lo = evaluate(ema.module if ema is not None else model, eval_loader, acc, mean, std)
         last = {"eval_acc": a, "eval_loss": lo}
@@ -342,7 +343,7 @@ def train(
                 after_event = False
             if step % recipe.train.log_every == 0 or step == total:
                 loss_val = acc.gather(loss_sum.reshape(1)).mean().item()
-                ips = seen / max(time.perf_counter() - t0, 1e-9)
+                ips = seen / max(time.perf_counter() - t0 - prior_s, 1e-9)
                 rec = {
                     "step": step,
                     "epoch": step / steps_per_epoch,
@@ -373,7 +374,7 @@ def train(
                     last["eval_loss"],
                     step,
                     time.perf_counter() - t0,
-                    seen / max(time.perf_counter() - t0, 1e-9),
+                    seen / max(time.perf_counter() - t0 - prior_s, 1e-9),
                 )
             if step >= total:
                 break
@@ -396,8 +397,9 @@ def train(
             "final_loss": last["eval_loss"],
             "steps": total,
             "wall_clock_s": wall,
-            # this session's images over this session's time (a resumed run's clock includes earlier sessions)
-            "img_per_s": seen / max(wall - prior_s, 1e-9),
+            # this session's images over this session's time (a resumed run's clock includes earlier sessions);
+            # None when this session trained nothing (it only re-evaluated): no throughput was measured
+            "img_per_s": seen / max(wall - prior_s, 1e-9) if seen else None,
             "resumed_from": start_step,
             "precision": precision,
             "test_images": len(bundle.test_y),
@@ -408,7 +410,7 @@ def train(
     acc.wait_for_everyone()
     if recipe.train.tracker:
         acc.end_training()
-    return RunResult(out, last["eval_acc"], last["eval_loss"], total, wall, seen / max(wall, 1e-9))
+    return RunResult(out, last["eval_acc"], last["eval_loss"], total, wall, seen / max(wall - prior_s, 1e-9))
 
 
 def save_checkpoint(

@@ -38,8 +38,8 @@ the per-block rows of ``zoo profile``. ``model_args["depth"]`` is the total numb
 Not supported (ZooViT-only features): token routing (a routed block processes a top-k subset of tokens in score
 order, which breaks the 2x2 neighbourhoods a merge needs; ``routing=...`` at construction raises ValueError and
 ``set_routing`` NotImplementedError), layer-wise growth (``zoo.growth`` operators assume one residual width
-``embed_dim`` shared by all blocks; this family has ``embed_dims`` per stage and no ``embed_dim``, so
-``zoo.growth.grow`` fails on its first read of ``model.embed_dim`` with AttributeError, before changing anything),
+``embed_dim`` shared by all blocks; this family has ``embed_dims`` per stage, so it does not set
+``supports_growth`` and ``zoo.growth.grow`` raises NotImplementedError before changing anything),
 class / register tokens, and pooling other than ``global_pool="avg"``. Changing the input size with
 ``set_input_size`` is supported (position embedding resampled, every stage's grid recomputed).
 """
