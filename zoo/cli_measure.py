@@ -50,8 +50,9 @@ def cmd_readme(args: argparse.Namespace) -> int:
     from zoo.readme import bench_markdown, update_readme
 
     done = []
-    for summary_file in sorted(Path(args.bench_dir).glob("*/summary.json")):
-        summary = json.loads(summary_file.read_text())
+    summaries = [(f, json.loads(f.read_text())) for f in sorted(Path(args.bench_dir).glob("*/summary.json"))]
+    # a suite's full run, when there is one, is what its section shows: quick summaries are written first
+    for summary_file, summary in sorted(summaries, key=lambda fs: not fs[1].get("quick")):
         update_readme(Path(args.readme), f"bench-{summary['suite']}", bench_markdown(summary))
         done.append(f"{summary['suite']} ({summary_file})")
     from zoo.pretrained import MODEL_CARDS

@@ -1,0 +1,55 @@
+"""Generated README sections: bench tables from summaries (full runs win over quick ones), markers checked."""
+
+import json
+
+import pytest
+
+from zoo.cli import main
+from zoo.readme import bench_markdown, replace_section
+
+README = "# x\n<!-- bench-routing:start -->\nold\n<!-- bench-routing:end -->\n<!-- zoo:start -->\n<!-- zoo:end -->\n"
+
+
+def summary(quick: bool, value: float) -> dict:
+    return {
+        "suite": "routing",
+        "quick": quick,
+        "seeds": [0, 1, 2],
+        "overrides": [] if quick else ["schedule.epochs=2", 'model.args={"a": 1}'],
+        "train_speedup": value,
+        "configs": [
+            {"capacity": 0.25, "batch": 1, "infer_speedup": 1.2},  # batch-1 rows have no train columns
+            {"capacity": 0.25, "batch": 128, "infer_speedup": 1.6, "train_speedup": value},
+        ],
+        "finetune": {"acc_before": 0.79376, "acc_after": 0.795},
+        "arms_markdown": "| arm |\n|---|\n| dense |",
+        "manifest": {"cpu_model": "CPU", "cpu_count": 2, "versions": {"torch": "2"}, "created_at": "2026-11-24T00"},
+    }
+
+
+def test_replace_section_needs_exactly_one_marker_pair():
+    assert "new" in replace_section(README, "bench-routing", "new")
+    with pytest.raises(ValueError, match="bench-growth"):
+        replace_section(README, "bench-growth", "x")
+
+
+def test_bench_markdown_keeps_every_column_and_quotes_the_command():
+    md = bench_markdown(summary(False, 1.99))
+    header = next(line for line in md.splitlines() if line.startswith("| capacity"))
+    assert "train_speedup" in header
+    assert "| 0.25 | 1 | 1.2 | – |" in md  # the missing train cell is marked, not shifted
+    assert "--seeds 0,1,2 --set schedule.epochs=2 --set 'model.args={\"a\": 1}'" in md
+    assert '"acc_before": 0.7938' in md and "| dense |" in md
+    assert "| train_speedup | 1.99 | >= 1.55 | yes |" in md
+
+
+def test_zoo_readme_prefers_the_full_run_over_the_quick_one(tmp_path, capsys):
+    bench = tmp_path / "bench"
+    for name, s in (("routing", summary(False, 1.99)), ("routing-quick", summary(True, 2.09))):
+        (bench / name).mkdir(parents=True)
+        (bench / name / "summary.json").write_text(json.dumps(s))
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    assert main(["readme", "--bench-dir", str(bench), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "| train_speedup | 1.99 |" in text and "2.09" not in text
