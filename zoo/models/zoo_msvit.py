@@ -57,6 +57,7 @@ from torch import nn
 
 from zoo.attention import resolve_attn_args
 from zoo.layers import Block
+from zoo.models.common import init_linears, keep_frozen_prefix_eval, run_blocks
 from zoo.models.zoo_vit import ZooViT, _cfg, _fmnist_cfg, checkpoint_filter_fn, drop_path_rates, new_head
 from zoo.stems import make_stem
 
@@ -275,20 +276,13 @@ class ZooMSViT(nn.Module):
     def init_weights(self) -> None:
         """timm's default ('') ViT init: trunc-normal(0.02) linears and position embedding, zero biases."""
         trunc_normal_(self.pos_embed, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_linears(self)
 
     def train(self, mode: bool = True) -> ZooMSViT:
         """Frozen leading blocks stay in eval mode, as in ``ZooViT``: a frozen prefix is a fixed feature extractor."""
         super().train(mode)
-        if mode and self.no_grad_prefix >= 0:
-            self.patch_embed.eval()
-            self.pos_drop.eval()
-            for blk in self.blocks[: self.no_grad_prefix]:
-                blk.eval()
+        if mode:
+            keep_frozen_prefix_eval(self)
         return self
 
     # ------------------------------------------------------------------------------------------------ timm interface
@@ -323,15 +317,7 @@ class ZooMSViT(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens of the last stage after the final norm: B, H_last * W_last, embed_dims[-1]."""
-        # a frozen prefix runs without a graph: backward stops at the first trainable block (as in ZooViT)
-        start = max(self.no_grad_prefix, 0)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.no_grad_prefix < 0):
-            x = self.stem(x)
-            for blk in self.blocks[:start]:
-                x = blk(x)
-        for i in range(start, len(self.blocks)):
-            x = self._run_block(i, self.blocks[i], x)
-        return self.norm(x)
+        return self.norm(run_blocks(self, x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head_drop(x.mean(dim=1))

@@ -29,6 +29,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import nn
 
 from zoo.layers import Block
+from zoo.models.common import init_linears, keep_frozen_prefix_eval
 from zoo.models.zoo_vit import (
     _cfg,
     _fmnist_cfg,
@@ -377,20 +378,13 @@ class ZooRevViT(nn.Module):
             nn.init.normal_(self.cls_token, std=1e-6)
         if self.reg_token is not None:
             nn.init.normal_(self.reg_token, std=1e-6)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_linears(self)
 
     def train(self, mode: bool = True) -> ZooRevViT:
         """Frozen leading blocks stay in eval mode, as in ``ZooViT``: a frozen prefix is a fixed feature extractor."""
         super().train(mode)
-        if mode and self.no_grad_prefix >= 0:
-            self.patch_embed.eval()
-            self.pos_drop.eval()
-            for blk in self.blocks[: self.no_grad_prefix]:
-                blk.eval()
+        if mode:
+            keep_frozen_prefix_eval(self)
         return self
 
     # ------------------------------------------------------------------------------------------------ timm interface

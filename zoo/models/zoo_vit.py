@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from zoo.attention import check_routing, resolve_attn_args
 from zoo.layers import Block
+from zoo.models.common import init_linears, keep_frozen_prefix_eval, run_blocks
 from zoo.pretrained import published_cfg
 from zoo.routing import RoutedBlock, resolve_route_plan
 from zoo.stems import make_stem
@@ -208,21 +209,14 @@ class ZooViT(nn.Module):
             nn.init.normal_(self.cls_token, std=1e-6)
         if self.reg_token is not None:
             nn.init.normal_(self.reg_token, std=1e-6)
-        for name, m in self.named_modules():
-            if isinstance(m, nn.Linear) and not name.endswith("router"):
-                trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_linears(self, skip_suffix="router")  # routers start at zero: exact dense -> routed conversion
 
     def train(self, mode: bool = True) -> ZooViT:
         """Frozen leading blocks stay in eval mode (no dropout / drop-path): a frozen prefix is a fixed feature
         extractor, so its output does not change from step to step while only the top trains."""
         super().train(mode)
-        if mode and self.no_grad_prefix >= 0:
-            self.patch_embed.eval()
-            self.pos_drop.eval()
-            for blk in self.blocks[: self.no_grad_prefix]:
-                blk.eval()
+        if mode:
+            keep_frozen_prefix_eval(self)
         return self
 
     # ------------------------------------------------------------------------------------------------ timm interface
@@ -274,15 +268,7 @@ class ZooViT(nn.Module):
         return blk(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        # a frozen prefix runs without a graph: backward stops at the first trainable block (the speedup of freezing)
-        start = max(self.no_grad_prefix, 0)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.no_grad_prefix < 0):
-            x = self.stem(x)
-            for blk in self.blocks[:start]:
-                x = blk(x)
-        for i in range(start, len(self.blocks)):
-            x = self._run_block(i, self.blocks[i], x)
-        return self.norm(x)
+        return self.norm(run_blocks(self, x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head_drop(pool_tokens(x, self.global_pool, self.num_prefix_tokens))
