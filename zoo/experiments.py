@@ -207,6 +207,16 @@ ATTENTION_ARMS: dict[str, dict] = {
 }
 
 
+#: the attention variants at ViT-Ti/16 shape (14 x 14 grid), where attention is a real share of the cost
+TINY_ATTENTION = {
+    "dense": {},
+    "window": {"attn_type": "window", "attn_args": {"window_size": 7}},
+    "spatial_reduction": {"attn_type": "spatial_reduction", "attn_args": {"sr_ratio": 2}},
+    "lowrank": {"attn_type": "lowrank", "attn_args": {"k_len": 64}},
+    "shared_qk": {"attn_type": "shared_qk"},
+}
+
+
 def _args_override(args: dict) -> list[str]:
     return [f"model.args={json.dumps(args)}"] if args else []
 

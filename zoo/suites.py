@@ -14,6 +14,7 @@ import timm
 import torch
 
 from zoo.bench import Arm, interleaved_times, median, run_arms, speedup
+from zoo.experiments import mean_by_arm
 from zoo.steps import infer_step_fn, train_step_fn
 
 SUITES: dict[str, Callable[..., dict]] = {}
@@ -306,25 +307,15 @@ def memory_suite(
     return res
 
 
-#: the attention variants at ViT-Ti/16 shape (14 x 14 grid), where attention is a real share of the cost
-_TINY_ATTENTION = {
-    "dense": {},
-    "window": {"attn_type": "window", "attn_args": {"window_size": 7}},
-    "spatial_reduction": {"attn_type": "spatial_reduction", "attn_args": {"sr_ratio": 2}},
-    "lowrank": {"attn_type": "lowrank", "attn_args": {"k_len": 64}},
-    "shared_qk": {"attn_type": "shared_qk"},
-}
-
-
 def _attention_costs(rounds: int) -> list[dict]:
     """FLOPs and train step time of each attention variant against dense attention, side by side: on the
     Fashion-MNIST model that the accuracy arms train (micro_p7, 16 tokens) and at ViT-Ti/16 shape (196 tokens)."""
-    from zoo.experiments import ATTENTION_ARMS
+    from zoo.experiments import ATTENTION_ARMS, TINY_ATTENTION
 
     rows = []
     for shape, name, variants, batch in [
         ("micro_p7 (16 tokens)", "zoo_vit_micro_p7", ATTENTION_ARMS, 128),
-        ("tiny_p16 (196 tokens)", "zoo_vit_tiny_p16", _TINY_ATTENTION, 32),
+        ("tiny_p16 (196 tokens)", "zoo_vit_tiny_p16", TINY_ATTENTION, 32),
     ]:
         fns = {v: train_step_fn(_model(name, **args), batch) for v, args in variants.items()}
         t = interleaved_times(fns, rounds=rounds, warmup=1, progress=f"attention {name}")
@@ -385,23 +376,15 @@ def growth_suite(
         arms = [Arm("dense", "fmnist_micro_dense"), Arm("grow_both", "fmnist_grow_both")]
         records = run_arms(arms, seeds[:1], out / "runs", extra_overrides=short, allow_mismatch=allow_mismatch)
     else:
-        from zoo.experiments import growth_arms, mean_by_arm
+        from zoo.experiments import growth_arms
 
         records, extra = growth_arms(seeds, out, overrides or [], allow_mismatch, fraction)
         res.update(extra)
-        # time to the baseline's final accuracy (mean over its seeds), read from each run's eval curve
-        res.update(_arms_report(records, "dense", out, target_acc=mean_by_arm(records, "acc")["dense"]))
-    by_arm: dict[str, list[dict]] = {}
-    for r in records:
-        by_arm.setdefault(r["arm"], []).append(r)
-    base_wall = sum(r["wall_clock_s"] for r in by_arm["dense"]) / len(by_arm["dense"])
-    base_acc = sum(r["acc"] for r in by_arm["dense"]) / len(by_arm["dense"])
-    grow = by_arm["grow_both"]
-    res["speedup"] = base_wall / (sum(r["wall_clock_s"] for r in grow) / len(grow))
-    res["acc_delta"] = 100 * (sum(r["acc"] for r in grow) / len(grow) - base_acc)
-    if "dense_compute_matched" in by_arm:
-        control = by_arm["dense_compute_matched"]
-        res["acc_vs_control"] = 100 * (
-            sum(r["acc"] for r in grow) / len(grow) - sum(r["acc"] for r in control) / len(control)
-        )
+    acc, wall = mean_by_arm(records, "acc"), mean_by_arm(records, "wall_clock_s")
+    if not quick:  # time to the baseline's final accuracy (mean over its seeds), read from each run's eval curve
+        res.update(_arms_report(records, "dense", out, target_acc=acc["dense"]))
+    res["speedup"] = wall["dense"] / wall["grow_both"]
+    res["acc_delta"] = 100 * (acc["grow_both"] - acc["dense"])
+    if "dense_compute_matched" in acc:
+        res["acc_vs_control"] = 100 * (acc["grow_both"] - acc["dense_compute_matched"])
     return res
