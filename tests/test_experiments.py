@@ -2,6 +2,7 @@
 (the real one trains for an hour; this guards its wiring: arms, equal-time epochs, fine-tune row, speed)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -102,3 +103,30 @@ def test_routing_experiment_end_to_end_on_a_subset(tmp_path, fmnist):
     assert [r["acc"] for r in again] == [r["acc"] for r in records]
     with pytest.raises(RuntimeError, match="trained with other settings"):
         routing_accuracy([0.25], [0], tmp_path, [*tiny[:-1], "schedule.epochs=2"], allow_mismatch=False)
+
+
+def test_every_growth_arm_has_a_bundled_recipe_and_a_distinct_control_name():
+    from zoo.experiments import GROWTH_ARMS, control_arm
+    from zoo.suites import GROWTH_CONTROLLED, GROWTH_HEADLINE
+
+    schedules = Path(__file__).resolve().parent.parent / "schedules"
+    assert all((schedules / f"{recipe}.yaml").is_file() for recipe in GROWTH_ARMS.values())
+    assert GROWTH_HEADLINE in GROWTH_CONTROLLED and set(GROWTH_CONTROLLED) <= set(GROWTH_ARMS)
+    names = [control_arm(a) for a in GROWTH_ARMS]
+    assert len(set(names)) == len(names) and control_arm("grow_both") == "dense_matched_both"
+    assert not set(names) & {"dense", *GROWTH_ARMS}
+
+
+def test_growth_experiment_end_to_end_on_a_subset(tmp_path, fmnist, monkeypatch):
+    import zoo.experiments as experiments
+
+    monkeypatch.setattr(experiments, "GROWTH_ARMS", {"grow_depth_late": "fmnist_grow_depth_late"})
+    tiny = ["data.train_subset=256", "data.test_subset=256", "data.batch_size=64", "schedule.epochs=2"]
+    records, extra = experiments.growth_arms([0], tmp_path, tiny, False, {"grow_depth_late": 0.58})
+    assert {r["arm"] for r in records} == {"dense", "grow_depth_late", "dense_matched_depth_late"}
+    assert extra["control_epochs"] == {"grow_depth_late": 1.16}
+    control = yaml.safe_load((tmp_path / "runs" / "dense_matched_depth_late" / "seed0" / "recipe.yaml").read_text())
+    assert control["schedule"]["epochs"] == 1.16 and control["schedule"]["warmup"] == 0.055
+    # 8 steps: the growths at 50% and 75% are logged with the loss either side
+    spikes = extra["loss_spikes"]["grow_depth_late"]
+    assert [e["step"] for e in spikes] == [4, 6] and all(e["n"] == 1 for e in spikes)

@@ -53,3 +53,20 @@ def test_zoo_readme_prefers_the_full_run_over_the_quick_one(tmp_path, capsys):
     assert main(["readme", "--bench-dir", str(bench), "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert "| train_speedup | 1.99 |" in text and "2.09" not in text
+
+
+def test_growth_summary_names_its_headline_arm_and_tabulates_loss_spikes():
+    s = {
+        "suite": "growth",
+        "seeds": [0, 1, 2],
+        "headline_arm": "grow_depth_late",
+        "speedup": 1.9,
+        "acc_delta": -0.1,
+        "acc_vs_control_by_arm": {"grow_depth_late": 2.5, "grow_both": -0.01},
+        "loss_spikes": {"grow_depth_late": [{"step": 702, "event": {"growth_stage": 1}, "mean_spike": 0.25, "n": 3}]},
+    }
+    md = bench_markdown(s)
+    assert "arm `grow_depth_late`" in md
+    assert "| speedup | 1.9 | >= 1.6 | yes |" in md and "| acc_delta | -0.1 | >= -0.3 | yes |" in md
+    assert '"grow_both": -0.01' in md
+    assert "| arm | step | stage | mean spike | seeds |" in md and "| grow_depth_late | 702 | 1 | 0.25 | 3 |" in md

@@ -174,25 +174,35 @@ def routing_finetune(seeds: list[int], runs: Path, overrides: list[str], allow_m
 
 # ------------------------------------------------------------------------------------------------------- growth
 def growth_arms(
-    seeds: list[int], out: Path, overrides: list[str], allow_mismatch: bool, compute_fraction: float
+    seeds: list[int], out: Path, overrides: list[str], allow_mismatch: bool, compute_fractions: dict[str, float]
 ) -> tuple[list[dict], dict]:
-    """Full-depth dense baseline vs depth / resolution / both growth at equal epochs, and the compute-matched
-    control: the baseline trained for ``compute_fraction`` of the epochs with its LR fully decayed in them."""
+    """Full-depth dense baseline vs depth / resolution / both growth at equal epochs, and for each growth arm named
+    in ``compute_fractions`` its compute-matched control: the baseline trained for that fraction of the epochs with
+    its LR fully decayed in them (arm ``dense_matched_<schedule>``)."""
     epochs = epochs_from(overrides, 3.0)
-    control_epochs = round(epochs * compute_fraction, 2)
+    control_epochs = {arm: round(epochs * f, 2) for arm, f in compute_fractions.items()}
     # the growth recipes' warm-up: the baseline's own 0.04 would be a second difference between the arms
     common = ["schedule.warmup=0.055", *overrides, f"schedule.epochs={epochs}"]
     runs = out / "runs"
-    arms = [
-        Arm("dense", "fmnist_micro_dense"),
-        Arm("grow_depth", "fmnist_grow_depth"),
-        Arm("grow_resolution", "fmnist_grow_resolution"),
-        Arm("grow_both", "fmnist_grow_both"),
-        Arm("dense_compute_matched", "fmnist_micro_dense", [f"schedule.epochs={control_epochs}"]),
-    ]
+    arms = [Arm("dense", "fmnist_micro_dense"), *(Arm(name, recipe) for name, recipe in GROWTH_ARMS.items())]
+    arms += [Arm(control_arm(arm), "fmnist_micro_dense", [f"schedule.epochs={e}"]) for arm, e in control_epochs.items()]
     records = run_arms(arms, seeds, runs, extra_overrides=common, allow_mismatch=allow_mismatch)
-    spikes = {a.name: _arm_spikes(runs, a.name, seeds) for a in arms if a.name.startswith("grow_")}
+    spikes = {name: _arm_spikes(runs, name, seeds) for name in GROWTH_ARMS}
     return records, {"epochs": epochs, "control_epochs": control_epochs, "loss_spikes": spikes}
+
+
+#: growth arm -> recipe; every arm runs the suite's epochs with the same warm-up
+GROWTH_ARMS = {
+    "grow_depth": "fmnist_grow_depth",
+    "grow_depth_late": "fmnist_grow_depth_late",
+    "grow_resolution": "fmnist_grow_resolution",
+    "grow_both": "fmnist_grow_both",
+}
+
+
+def control_arm(growth_arm: str) -> str:
+    """Name of the dense arm given ``growth_arm``'s compute (``grow_both`` -> ``dense_matched_both``)."""
+    return "dense_matched_" + growth_arm.removeprefix("grow_")
 
 
 # ------------------------------------------------------------------------------------------- attention variants

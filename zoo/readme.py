@@ -43,9 +43,14 @@ def bench_markdown(summary: dict) -> str:
         lines.append(f"| {k} | {v:.3g} | {goal} | {met} |")
     for key in ("configs", "rows", "attention"):  # per-configuration detail of suites that have it
         lines += _detail_table(summary.get(key))
-    for key, title in (("finetune", "fine-tune"), ("loss_spikes", "loss spike at each growth (after - before)")):
+    if summary.get("headline_arm"):
+        lines += ["", f"headline numbers are those of arm `{summary['headline_arm']}`"]
+    for key, title in JSON_DETAILS:
         if summary.get(key):
             lines += ["", f"{title}: `{json.dumps(_rounded(summary[key]))}`"]
+    if summary.get("loss_spikes"):
+        lines += ["", "loss spike at each growth (training loss on the step after minus the step before):"]
+        lines += _detail_table(spike_rows(summary["loss_spikes"]))
     m = summary.get("manifest", {})
     cpu = m.get("cpu_model") or "unknown CPU"
     sets = "".join(f" --set {shlex.quote(o)}" for o in summary.get("overrides") or [])
@@ -55,6 +60,25 @@ def bench_markdown(summary: dict) -> str:
     for key in sorted(k for k in summary if k.endswith("_markdown")):  # multi-seed arms tables
         lines += ["", f"{key.removesuffix('_markdown').replace('_', ' ')}:", "", summary[key]]
     return "\n".join(lines)
+
+
+#: summary keys shown as compact JSON under the table: (key, title)
+JSON_DETAILS = (
+    ("finetune", "fine-tune"),
+    ("compute_fraction", "training FLOPs relative to the dense arm"),
+    ("control_epochs", "compute-matched control epochs"),
+    ("acc_vs_control_by_arm", "accuracy vs compute-matched control, points"),
+)
+
+
+def spike_rows(loss_spikes: dict[str, list[dict]]) -> list[dict]:
+    """One table row per growth event of each arm, from a growth summary's ``loss_spikes``."""
+    return [
+        {"arm": arm, "step": e["step"], "stage": e["event"].get("growth_stage"), "mean spike": e["mean_spike"],
+         "seeds": e["n"]}
+        for arm, events in loss_spikes.items()
+        for e in events
+    ]  # fmt: skip
 
 
 def _detail_table(detail: list[dict] | None) -> list[str]:
