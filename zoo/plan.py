@@ -81,7 +81,7 @@ def plan(
     """Measure the candidates; returns (best fitting candidate or None, every candidate with its measurements)."""
     from tqdm.auto import tqdm
 
-    from zoo.profile import measure_train_memory
+    from zoo.memory_profile import measure_train_memory
 
     cands = [
         Candidate(m, batch_size // m, ck, p)

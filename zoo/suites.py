@@ -249,7 +249,7 @@ def _activation_bytes(model, batch: int) -> int:
     """Peak training memory minus parameters, gradients and optimizer state (the issue's definition). Gradients count
     at their full size whether or not they exist at the peak: the reversible backward materialises parameter gradients
     as autograd outputs before they land in ``.grad``, and they must not pass for activations."""
-    from zoo.profile import measure_train_memory
+    from zoo.memory_profile import measure_train_memory
 
     m = measure_train_memory(model, batch)
     b = m["mem_breakdown"]
