@@ -1,8 +1,8 @@
 """What a measurement runs on: device and precision resolution, and the random batch, loss, optimizer and train step.
 
 Shared by the two halves of ``zoo profile``: ``zoo.profile`` (FLOPs, throughput, MFU, per-block times) and
-``zoo.memory_profile`` (training memory, including the RSS cross-check, whose subprocess imports from here). Kept in
-its own module so both measure exactly the same step, and so the memory side does not import the timing side.
+``zoo.memory_profile`` (training memory); the benchmark step closures of ``zoo.steps`` use its ``autocast``. Kept in
+its own module so both halves measure exactly the same step, and so the memory side does not import the timing side.
 """
 
 from __future__ import annotations

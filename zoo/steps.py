@@ -3,23 +3,13 @@ forward of a model on a fixed random batch, at a given precision. Benchmarks tim
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-PRECISIONS = ("fp32", "bf16")
-
-
-def autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on the device (CPU autocast on CPU), nothing for fp32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+from zoo.measure_setup import autocast  # one precision -> autocast rule for benchmarks and `zoo profile`
 
 
 def random_batch(model: nn.Module, batch: int, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
