@@ -106,8 +106,7 @@ def test_routing_experiment_end_to_end_on_a_subset(tmp_path, fmnist):
 
 
 def test_every_growth_arm_has_a_bundled_recipe_and_a_distinct_control_name():
-    from zoo.experiments import GROWTH_ARMS, control_arm
-    from zoo.suites import GROWTH_CONTROLLED, GROWTH_HEADLINE
+    from zoo.experiments import GROWTH_ARMS, GROWTH_CONTROLLED, GROWTH_HEADLINE, control_arm
 
     schedules = Path(__file__).resolve().parent.parent / "schedules"
     assert all((schedules / f"{recipe}.yaml").is_file() for recipe in GROWTH_ARMS.values())

@@ -363,20 +363,14 @@ def _growth_compute_fraction(recipe_name: str) -> float:
     return sum(f * c for f, c in zip(fractions, costs)) / costs[-1]
 
 
-#: the growth arm the suite's headline numbers (and the issue's goal) are judged on, and its recipe
-GROWTH_HEADLINE = "grow_depth_late"
-#: growth arms that get a compute-matched control (the headline and the arm that grows depth and resolution)
-GROWTH_CONTROLLED = ("grow_depth_late", "grow_both")
-
-
 @suite("growth")
 def growth_suite(
     quick: bool, out: Path, seeds: list[int], allow_mismatch: bool = False, overrides: list[str] | None = None
 ) -> dict:
     """Full-depth dense baseline vs growth schedules (depth early / late, resolution, both), plus the control the
     literature asks for (No Train No Gain): the baseline given a growth run's compute, its LR fully decayed in it.
-    Headline keys (``speedup``, ``acc_delta``, ``acc_vs_control``) are those of :data:`GROWTH_HEADLINE`."""
-    from zoo.experiments import GROWTH_ARMS, control_arm
+    Headline keys (``speedup``, ``acc_delta``, ``acc_vs_control``) are those of ``experiments.GROWTH_HEADLINE``."""
+    from zoo.experiments import GROWTH_ARMS, GROWTH_CONTROLLED, GROWTH_HEADLINE, control_arm
 
     fractions = {arm: _growth_compute_fraction(GROWTH_ARMS[arm]) for arm in GROWTH_CONTROLLED}
     res: dict = {"headline_arm": GROWTH_HEADLINE, "compute_fraction": fractions}
