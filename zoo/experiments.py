@@ -177,13 +177,15 @@ def routing_finetune(seeds: list[int], runs: Path, overrides: list[str], allow_m
 GROWTH_ARMS = {
     "grow_depth": "fmnist_grow_depth",
     "grow_depth_late": "fmnist_grow_depth_late",
+    "grow_depth_mlp": "fmnist_grow_depth_mlp",
     "grow_resolution": "fmnist_grow_resolution",
     "grow_both": "fmnist_grow_both",
 }
 #: the growth arm whose numbers the suite's headline (and the issue's goal) are judged on
-GROWTH_HEADLINE = "grow_depth_late"
+GROWTH_HEADLINE = "grow_depth_mlp"
 #: growth arms that get a compute-matched control: the headline, and the arm that grows depth and resolution
-GROWTH_CONTROLLED = ("grow_depth_late", "grow_both")
+#: (`grow_depth_late` stays as the depth-only ablation of the headline; its control was measured at 3fc6035)
+GROWTH_CONTROLLED = ("grow_depth_mlp", "grow_both")
 
 
 def control_arm(growth_arm: str) -> str:
