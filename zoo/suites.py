@@ -367,8 +367,9 @@ def _growth_compute_fraction(recipe_name: str) -> float:
 def growth_suite(
     quick: bool, out: Path, seeds: list[int], allow_mismatch: bool = False, overrides: list[str] | None = None
 ) -> dict:
-    """Full-depth dense baseline vs growth schedules (depth early / late, resolution, both), plus the control the
-    literature asks for (No Train No Gain): the baseline given a growth run's compute, its LR fully decayed in it.
+    """Full-depth dense baseline vs growth schedules (depth early / late, depth + MLP, resolution, both), plus the
+    control the literature asks for (No Train No Gain): the baseline given a growth run's compute, its LR fully
+    decayed in it.
     Headline keys (``speedup``, ``acc_delta``, ``acc_vs_control``) are those of ``experiments.GROWTH_HEADLINE``."""
     from zoo.experiments import GROWTH_ARMS, GROWTH_CONTROLLED, GROWTH_HEADLINE, control_arm
 
