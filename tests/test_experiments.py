@@ -116,20 +116,23 @@ def test_every_growth_arm_has_a_bundled_recipe_and_a_distinct_control_name():
     assert not set(names) & {"dense", *GROWTH_ARMS}
 
 
-def test_growth_experiment_end_to_end_on_a_subset(tmp_path, fmnist, monkeypatch):
-    import zoo.experiments as experiments
+def test_growth_long_suite_end_to_end_on_a_subset(tmp_path, fmnist):
     from zoo.hub import load_folder
+    from zoo.suites import SUITES
 
     # the headline schedule: depth and MLP width grow in one stage (composed maps through a real training run)
-    monkeypatch.setattr(experiments, "GROWTH_ARMS", {"grow_depth_mlp": "fmnist_grow_depth_mlp"})
     tiny = ["data.train_subset=256", "data.test_subset=256", "data.batch_size=64", "schedule.epochs=2"]
-    records, extra = experiments.growth_arms([0], tmp_path, tiny, False, {"grow_depth_mlp": 0.51})
-    assert {r["arm"] for r in records} == {"dense", "grow_depth_mlp", "dense_matched_depth_mlp"}
-    assert extra["control_epochs"] == {"grow_depth_mlp": 1.02}
+    res = SUITES["growth-long"](quick=False, out=tmp_path, seeds=[0], overrides=tiny)
+    assert res["headline_arm"] == "grow_depth_mlp" and res["epochs"] == 2.0
+    assert {a["arm"] for a in res["arms"]} == {"dense", "grow_depth_mlp", "dense_matched_depth_mlp"}
+    fraction = res["compute_fraction"]["grow_depth_mlp"]
+    assert 0.3 < fraction < 0.8 and res["control_epochs"] == {"grow_depth_mlp": round(2 * fraction, 2)}
     control = yaml.safe_load((tmp_path / "runs" / "dense_matched_depth_mlp" / "seed0" / "recipe.yaml").read_text())
-    assert control["schedule"]["epochs"] == 1.02 and control["schedule"]["warmup"] == 0.055
+    assert control["schedule"]["epochs"] == round(2 * fraction, 2) and control["schedule"]["warmup"] == 0.055
+    acc = {a["arm"]: a["acc"]["mean"] for a in res["arms"]}
+    assert res["acc_vs_control"] == pytest.approx(100 * (acc["grow_depth_mlp"] - acc["dense_matched_depth_mlp"]))
     # 8 steps: the growths at 50% and 75% are logged with the loss either side
-    spikes = extra["loss_spikes"]["grow_depth_mlp"]
+    spikes = res["loss_spikes"]["grow_depth_mlp"]
     assert [e["step"] for e in spikes] == [4, 6] and all(e["n"] == 1 for e in spikes)
     # the exported model is the final architecture: 6 blocks, MLP hidden 256 (ratio 2), as the dense arm
     grown = load_folder(tmp_path / "runs" / "grow_depth_mlp" / "seed0" / "model")

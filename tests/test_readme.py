@@ -70,3 +70,13 @@ def test_growth_summary_names_its_headline_arm_and_tabulates_loss_spikes():
     assert "| speedup | 1.9 | >= 1.6 | yes |" in md and "| acc_delta | -0.1 | >= -0.3 | yes |" in md
     assert '"grow_both": -0.01' in md
     assert "| arm | step | stage | mean spike | seeds |" in md and "| grow_depth_late | 702 | 1 | 0.25 | 3 |" in md
+
+
+def test_every_suite_has_its_section_in_the_readme():
+    from pathlib import Path
+
+    from zoo.suites import SUITES
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for name in SUITES:  # `zoo readme` would fail on a suite whose results have nowhere to go
+        assert text.count(f"<!-- bench-{name}:start -->") == 1 and text.count(f"<!-- bench-{name}:end -->") == 1

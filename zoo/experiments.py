@@ -194,20 +194,27 @@ def control_arm(growth_arm: str) -> str:
 
 
 def growth_arms(
-    seeds: list[int], out: Path, overrides: list[str], allow_mismatch: bool, compute_fractions: dict[str, float]
+    seeds: list[int],
+    out: Path,
+    overrides: list[str],
+    allow_mismatch: bool,
+    compute_fractions: dict[str, float],
+    arms: dict[str, str] | None = None,
+    default_epochs: float = 3.0,
 ) -> tuple[list[dict], dict]:
-    """Full-depth dense baseline vs depth / resolution / both growth at equal epochs, and for each growth arm named
-    in ``compute_fractions`` its compute-matched control: the baseline trained for that fraction of the epochs with
-    its LR fully decayed in them (arm ``dense_matched_<schedule>``)."""
-    epochs = epochs_from(overrides, 3.0)
+    """Full-depth dense baseline vs the growth ``arms`` (name -> recipe; default all of ``GROWTH_ARMS``) at equal
+    epochs, and for each growth arm named in ``compute_fractions`` its compute-matched control: the baseline trained
+    for that fraction of the epochs with its LR fully decayed in them (arm ``dense_matched_<schedule>``)."""
+    growth = GROWTH_ARMS if arms is None else arms
+    epochs = epochs_from(overrides, default_epochs)
     control_epochs = {arm: round(epochs * f, 2) for arm, f in compute_fractions.items()}
     # the growth recipes' warm-up: the baseline's own 0.04 would be a second difference between the arms
     common = ["schedule.warmup=0.055", *overrides, f"schedule.epochs={epochs}"]
     runs = out / "runs"
-    arms = [Arm("dense", "fmnist_micro_dense"), *(Arm(name, recipe) for name, recipe in GROWTH_ARMS.items())]
-    arms += [Arm(control_arm(arm), "fmnist_micro_dense", [f"schedule.epochs={e}"]) for arm, e in control_epochs.items()]
-    records = run_arms(arms, seeds, runs, extra_overrides=common, allow_mismatch=allow_mismatch)
-    spikes = {name: _arm_spikes(runs, name, seeds) for name in GROWTH_ARMS}
+    todo = [Arm("dense", "fmnist_micro_dense"), *(Arm(name, recipe) for name, recipe in growth.items())]
+    todo += [Arm(control_arm(arm), "fmnist_micro_dense", [f"schedule.epochs={e}"]) for arm, e in control_epochs.items()]
+    records = run_arms(todo, seeds, runs, extra_overrides=common, allow_mismatch=allow_mismatch)
+    spikes = {name: _arm_spikes(runs, name, seeds) for name in growth}
     return records, {"epochs": epochs, "control_epochs": control_epochs, "loss_spikes": spikes}
 
 
