@@ -106,34 +106,49 @@ def test_routing_experiment_end_to_end_on_a_subset(tmp_path, fmnist):
 
 
 def test_every_growth_arm_has_a_bundled_recipe_and_a_distinct_control_name():
-    from zoo.experiments import GROWTH_ARMS, GROWTH_CONTROLLED, GROWTH_HEADLINE, control_arm
+    from zoo.experiments import (
+        GROWTH_ARMS,
+        GROWTH_CONTROLLED,
+        GROWTH_HEADLINE,
+        GROWTH_LONG_ARMS,
+        GROWTH_LONG_HEADLINE,
+        control_arm,
+    )
 
     schedules = Path(__file__).resolve().parent.parent / "schedules"
-    assert all((schedules / f"{recipe}.yaml").is_file() for recipe in GROWTH_ARMS.values())
+    every = {**GROWTH_ARMS, **GROWTH_LONG_ARMS}
+    assert all((schedules / f"{recipe}.yaml").is_file() for recipe in every.values())
     assert GROWTH_HEADLINE in GROWTH_CONTROLLED and set(GROWTH_CONTROLLED) <= set(GROWTH_ARMS)
-    names = [control_arm(a) for a in GROWTH_ARMS]
+    assert GROWTH_LONG_HEADLINE in GROWTH_LONG_ARMS
+    assert all(every[name] == recipe for name, recipe in GROWTH_ARMS.items())  # one name, one recipe in both suites
+    names = [control_arm(a) for a in every]
     assert len(set(names)) == len(names) and control_arm("grow_both") == "dense_matched_both"
-    assert not set(names) & {"dense", *GROWTH_ARMS}
+    assert not set(names) & {"dense", *every}
 
 
 def test_growth_long_suite_end_to_end_on_a_subset(tmp_path, fmnist):
     from zoo.hub import load_folder
     from zoo.suites import SUITES
 
-    # the headline schedule: depth and MLP width grow in one stage (composed maps through a real training run)
+    # the 9-epoch headline (depth, then MLP width) and the 3-epoch one (depth and MLP width grow in one stage: the
+    # growth operators' maps compose) through real training runs
     tiny = ["data.train_subset=256", "data.test_subset=256", "data.batch_size=64", "schedule.epochs=2"]
     res = SUITES["growth-long"](quick=False, out=tmp_path, seeds=[0], overrides=tiny)
-    assert res["headline_arm"] == "grow_depth_mlp" and res["epochs"] == 2.0
-    assert {a["arm"] for a in res["arms"]} == {"dense", "grow_depth_mlp", "dense_matched_depth_mlp"}
-    fraction = res["compute_fraction"]["grow_depth_mlp"]
-    assert 0.3 < fraction < 0.8 and res["control_epochs"] == {"grow_depth_mlp": round(2 * fraction, 2)}
-    control = yaml.safe_load((tmp_path / "runs" / "dense_matched_depth_mlp" / "seed0" / "recipe.yaml").read_text())
-    assert control["schedule"]["epochs"] == round(2 * fraction, 2) and control["schedule"]["warmup"] == 0.055
+    head, control = "grow_depth_mlp_long", "dense_matched_depth_mlp_long"
+    assert res["headline_arm"] == head and res["epochs"] == 2.0
+    assert {a["arm"] for a in res["arms"]} == {"dense", head, "grow_depth_mlp", control}
+    fraction = res["compute_fraction"][head]
+    assert 0.4 < fraction < 0.8 and res["control_epochs"] == {head: round(2 * fraction, 2)}
+    recipe = yaml.safe_load((tmp_path / "runs" / control / "seed0" / "recipe.yaml").read_text())
+    assert recipe["schedule"]["epochs"] == round(2 * fraction, 2) and recipe["schedule"]["warmup"] == 0.055
     acc = {a["arm"]: a["acc"]["mean"] for a in res["arms"]}
-    assert res["acc_vs_control"] == pytest.approx(100 * (acc["grow_depth_mlp"] - acc["dense_matched_depth_mlp"]))
+    assert res["acc_vs_control"] == pytest.approx(100 * (acc[head] - acc[control]))
+    assert res["speedup"] > 0 and res["acc_delta"] == pytest.approx(100 * (acc[head] - acc["dense"]))
+    assert [e["step"] for e in res["loss_spikes"][head]] == [3, 6, 7]  # 35% / 65% / 85% of 8 steps, rounded up
     # 8 steps: the growths at 50% and 75% are logged with the loss either side
     spikes = res["loss_spikes"]["grow_depth_mlp"]
     assert [e["step"] for e in spikes] == [4, 6] and all(e["n"] == 1 for e in spikes)
-    # the exported model is the final architecture: 6 blocks, MLP hidden 256 (ratio 2), as the dense arm
-    grown = load_folder(tmp_path / "runs" / "grow_depth_mlp" / "seed0" / "model")
-    assert len(grown.blocks) == 6 and grown.blocks[0].mlp.fc1.out_features == 256
+    # the exported models are the final architecture: 6 blocks, MLP hidden 256 (ratio 2), as the dense arm
+    for arm in (head, "grow_depth_mlp"):
+        grown = load_folder(tmp_path / "runs" / arm / "seed0" / "model")
+        assert len(grown.blocks) == 6 and grown.blocks[0].mlp.fc1.out_features == 256

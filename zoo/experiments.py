@@ -186,6 +186,11 @@ GROWTH_HEADLINE = "grow_depth_mlp"
 #: growth arms that get a compute-matched control: the headline, and the arm that grows depth and resolution
 #: (`grow_depth_late` stays as the depth-only ablation of the headline; its control was measured at 3fc6035)
 GROWTH_CONTROLLED = ("grow_depth_mlp", "grow_both")
+#: the growth-long suite's arms (9 epochs): its headline, the same growth started earlier with the MLP widened last
+#: (at 9 epochs the 3-epoch headline grows too late to catch up), and the 3-epoch headline side by side
+GROWTH_LONG_ARMS = {"grow_depth_mlp_long": "fmnist_grow_depth_mlp_long", "grow_depth_mlp": "fmnist_grow_depth_mlp"}
+#: the growth-long suite's headline arm; it alone gets a compute-matched control there
+GROWTH_LONG_HEADLINE = "grow_depth_mlp_long"
 
 
 def control_arm(growth_arm: str) -> str:
