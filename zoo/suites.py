@@ -383,7 +383,7 @@ def growth_suite(
     else:
         records, extra = growth_arms(seeds, out, overrides or [], allow_mismatch, fractions)
         res.update(extra)
-    return _growth_headline(records, res, out, not quick, GROWTH_HEADLINE, list(GROWTH_CONTROLLED))
+    return _growth_headline(records, res, out, report=not quick)
 
 
 @suite("growth-long")
@@ -405,17 +405,17 @@ def growth_long_suite(
         seeds = seeds[:1]
     records, extra = growth_arms(seeds, out, overrides, allow_mismatch, fractions, GROWTH_LONG_ARMS, 9.0)
     res.update(extra)
-    return _growth_headline(records, res, out, report=True, headline=head, controlled=[head])
+    return _growth_headline(records, res, out, report=True)
 
 
-def _growth_headline(
-    records: list[dict], res: dict, out: Path, report: bool, headline: str, controlled: list[str]
-) -> dict:
-    """The growth suites' headline keys (``speedup``, ``acc_delta``, ``acc_vs_control``: those of arm ``headline``)
-    added to ``res``; with ``report`` also the arms table, whose time-to-target is the time to the baseline's final
-    accuracy (mean over its seeds), read from each run's eval curve."""
+def _growth_headline(records: list[dict], res: dict, out: Path, report: bool) -> dict:
+    """The growth suites' headline keys (``speedup``, ``acc_delta``, ``acc_vs_control``: those of
+    ``res["headline_arm"]``; controls are those of the arms in ``res["compute_fraction"]``) added to ``res``; with
+    ``report`` also the arms table, whose time-to-target is the time to the baseline's final accuracy (mean over its
+    seeds), read from each run's eval curve."""
     from zoo.experiments import control_arm
 
+    headline, controlled = res["headline_arm"], list(res["compute_fraction"])
     acc, wall = mean_by_arm(records, "acc"), mean_by_arm(records, "wall_clock_s")
     if report:
         res.update(_arms_report(records, "dense", out, target_acc=acc["dense"]))
