@@ -320,3 +320,15 @@ def test_export_cli_and_input_errors(exported, run_dir, tmp_path, capsys):
     assert main(["export", str(run_dir), str(tmp_path / "o"), "--profile-json", str(tmp_path / "bad.json")]) == 2
     assert "bad.json: params:" in capsys.readouterr().err
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.tmp-*"))
+
+
+def test_reexport_is_byte_identical(exported, run_dir, tmp_path):
+    """Exporting the same run again (its profile passed back in, as `zoo export --profile-json` does) writes the same
+    bytes in every file: re-publishing an unchanged model uploads nothing new. The weights file used to differ on
+    every export (the safetensors writer orders its metadata by hash), so this fails without `make_reproducible`."""
+    again = export_run(run_dir, tmp_path / "again", repo_id=REPO, profile_file=exported / "profile.json")
+    names = sorted(p.name for p in exported.iterdir())
+    assert names == sorted(p.name for p in again.iterdir())
+    assert len(read_metadata(exported / "model.safetensors")) >= 3  # enough keys for a hash order to show
+    for name in names:
+        assert (again / name).read_bytes() == (exported / name).read_bytes(), name

@@ -19,6 +19,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_model
 from torch import nn
 
+from zoo.safetensors_bytes import make_reproducible
+
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 # pretrained_cfg keys that locate weights: never exported (a config must not point a loader at another file) and
@@ -112,6 +114,7 @@ def save_model_folder(
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
     tmp_w, tmp_c = folder / f".{WEIGHTS_NAME}.tmp", folder / f".{CONFIG_NAME}.tmp"
     save_model(model, str(tmp_w), metadata=meta)
+    make_reproducible(tmp_w)  # same weights and metadata -> same bytes (no spurious hub uploads)
     tmp_c.write_text(json.dumps(cfg, indent=2) + "\n")
     os.chmod(tmp_w, os.stat(tmp_c).st_mode & 0o777)  # safetensors creates 0600 files; use the umask like the config
     _replace_atomic(tmp_w, folder / WEIGHTS_NAME)
