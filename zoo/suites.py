@@ -49,7 +49,7 @@ def _model(name: str, **kwargs):
     return timm.create_model(name, **kwargs)
 
 
-def _arms_report(
+def arms_report(
     records: list[dict], baseline: str, out: Path, target_acc: float | None = None, name: str = "arms"
 ) -> dict:
     """Statistics, markdown and plot for multi-seed arms (written to ``out/NAME.md`` and ``out/NAME.png``)."""
@@ -86,7 +86,7 @@ def precision_suite(
         arms = [Arm("fp32", "fmnist_micro_dense", ["train.precision=fp32"]),
                 Arm("bf16", "fmnist_micro_dense", ["train.precision=bf16"])]  # fmt: skip
         records = run_arms(arms, seeds, out / "runs", extra_overrides=overrides, allow_mismatch=allow_mismatch)
-        res.update(_arms_report(records, "fp32", out))
+        res.update(arms_report(records, "fp32", out))
     return res
 
 
@@ -186,7 +186,7 @@ def routing_suite(
 
         records, extra = routing_accuracy(capacities, seeds, out, overrides or [], allow_mismatch)
         res.update(extra)
-        res.update(_arms_report(records, "dense", out))
+        res.update(arms_report(records, "dense", out))
     return res
 
 
@@ -231,7 +231,7 @@ def unfreeze_suite(
             Arm("gradual_llrd", "fmnist_ft_5to9_gradual", [src]),
         ]
         records = run_arms(arms, seeds, out / "runs", extra_overrides=overrides, allow_mismatch=allow_mismatch)
-        res.update(_arms_report(records, "full_ft", out))
+        res.update(arms_report(records, "full_ft", out))
     return res
 
 
@@ -303,7 +303,7 @@ def memory_suite(
 
         res["attention"] = _attention_costs(rounds)
         records = attention_arms(seeds, out, overrides or [], allow_mismatch)
-        res.update(_arms_report(records, "dense", out, name="attention_arms"))
+        res.update(arms_report(records, "dense", out, name="attention_arms"))
     return res
 
 

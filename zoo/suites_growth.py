@@ -7,7 +7,7 @@ from pathlib import Path
 
 from zoo.bench import Arm, run_arms
 from zoo.experiments import mean_by_arm
-from zoo.suites import _arms_report, suite
+from zoo.suites import arms_report, suite
 
 
 def _growth_compute_fraction(recipe_name: str) -> float:
@@ -90,7 +90,7 @@ def _growth_headline(records: list[dict], res: dict, out: Path, report: bool) ->
     headline, controlled = res["headline_arm"], list(res["compute_fraction"])
     acc, wall = mean_by_arm(records, "acc"), mean_by_arm(records, "wall_clock_s")
     if report:
-        res.update(_arms_report(records, "dense", out, target_acc=acc["dense"]))
+        res.update(arms_report(records, "dense", out, target_acc=acc["dense"]))
     res["speedup"] = wall["dense"] / wall[headline]
     res["acc_delta"] = 100 * (acc[headline] - acc["dense"])
     vs_control = {arm: 100 * (acc[arm] - acc[control_arm(arm)]) for arm in controlled if control_arm(arm) in acc}
