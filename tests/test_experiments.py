@@ -152,3 +152,28 @@ def test_growth_long_suite_end_to_end_on_a_subset(tmp_path, fmnist):
     for arm in (head, "grow_depth_mlp"):
         grown = load_folder(tmp_path / "runs" / arm / "seed0" / "model")
         assert len(grown.blocks) == 6 and grown.blocks[0].mlp.fc1.out_features == 256
+
+
+def test_growth_equal_time_suite_end_to_end_on_a_subset(tmp_path, fmnist):
+    from zoo.experiments import GROWTH_LONG_SPEEDUP
+    from zoo.hub import load_folder
+    from zoo.suites import SUITES
+
+    tiny = ["data.train_subset=256", "data.test_subset=256", "data.batch_size=64", "schedule.epochs=2"]
+    res = SUITES["growth-equal-time"](quick=False, out=tmp_path, seeds=[0], overrides=tiny)
+    head = "grow_depth_mlp_long_equal_time"
+    assert res["headline_arm"] == head and res["epochs"] == 2.0
+    assert res["equal_time_epochs"] == round(2 * GROWTH_LONG_SPEEDUP, 2)
+    assert {a["arm"] for a in res["arms"]} == {"dense", head}
+    runs = tmp_path / "runs"
+    for arm, epochs in (("dense", 2.0), (head, res["equal_time_epochs"])):
+        recipe = yaml.safe_load((runs / arm / "seed0" / "recipe.yaml").read_text())
+        assert recipe["schedule"]["epochs"] == epochs and recipe["schedule"]["warmup"] == 0.055
+    steps = {arm: json.loads((runs / arm / "seed0" / "result.json").read_text())["steps"] for arm in ("dense", head)}
+    assert steps == {"dense": 8, head: 14}  # 4 steps per epoch (256 images, batch 64); 3.26 epochs: 13.04, rounded up
+    acc = {a["arm"]: a["acc"]["mean"] for a in res["arms"]}
+    wall = {a["arm"]: a["wall_clock_s"]["mean"] for a in res["arms"]}
+    assert res["acc_delta_equal_time"] == pytest.approx(100 * (acc[head] - acc["dense"]))
+    assert res["time_ratio"] == pytest.approx(wall[head] / wall["dense"])
+    grown = load_folder(runs / head / "seed0" / "model")
+    assert len(grown.blocks) == 6 and grown.blocks[0].mlp.fc1.out_features == 256

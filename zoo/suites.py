@@ -34,6 +34,7 @@ GOALS: dict[str, dict[str, tuple[str, float]]] = {
     "growth": {"speedup": (">=", 1.6), "acc_delta": (">=", -0.3), "acc_vs_control": (">", 0.0)},
 }
 GOALS["growth-long"] = GOALS["growth"]  # the same goals, checked at a length where the arms are nearly trained
+GOALS["growth-equal-time"] = {"acc_delta_equal_time": (">", 0.0)}  # growth given the dense run's time, minus dense
 
 
 def suite(name: str):

@@ -1,5 +1,6 @@
-"""The growth suites (``growth``: 3 epochs, every arm; ``growth-long``: 9 epochs, the long-run arms), registered in
-``zoo.suites.SUITES`` on import. Their arms and controls are declared in ``zoo.experiments``."""
+"""The growth suites, registered in ``zoo.suites.SUITES`` on import: ``growth`` (3 epochs, every arm),
+``growth-long`` (9 epochs, the long-run arms) and ``growth-equal-time`` (the long schedule given the dense run's
+wall-clock). Their arms and controls are declared in ``zoo.experiments``."""
 
 from __future__ import annotations
 
@@ -78,6 +79,36 @@ def growth_long_suite(
     records, extra = growth_arms(seeds, out, overrides, allow_mismatch, fractions, GROWTH_LONG_ARMS, 9.0)
     res.update(extra)
     return _growth_headline(records, res, out, report=True)
+
+
+@suite("growth-equal-time")
+def growth_equal_time_suite(
+    quick: bool, out: Path, seeds: list[int], allow_mismatch: bool = False, overrides: list[str] | None = None
+) -> dict:
+    """The dense baseline (9 epochs) vs the growth-long headline given about the dense run's wall-clock instead of its
+    epochs: what growth buys a user whose budget is time (the routing suite's equal-time arm, for growth). The
+    growth arm trains ``experiments.GROWTH_LONG_SPEEDUP`` times the dense epochs; the wall-clock ratio this run
+    measures (``time_ratio``) is reported beside the accuracy, so a drifted speedup shows.
+    ``--quick``: a 10k-image subset, 3 epochs, one seed."""
+    from zoo.experiments import GROWTH_LONG_ARMS, GROWTH_LONG_HEADLINE, GROWTH_LONG_SPEEDUP, epochs_from
+
+    overrides = list(overrides or [])
+    if quick:
+        overrides = ["data.train_subset=10000", "schedule.epochs=3", *overrides]
+        seeds = seeds[:1]
+    epochs = epochs_from(overrides, 9.0)
+    equal_epochs = round(epochs * GROWTH_LONG_SPEEDUP, 2)
+    head = f"{GROWTH_LONG_HEADLINE}_equal_time"
+    # the growth recipes' warm-up for both arms, as in the other growth suites; the arm's own epochs win
+    common = ["schedule.warmup=0.055", *overrides, f"schedule.epochs={epochs}"]
+    growth = Arm(head, GROWTH_LONG_ARMS[GROWTH_LONG_HEADLINE], [f"schedule.epochs={equal_epochs}"])
+    records = run_arms([Arm("dense", "fmnist_micro_dense"), growth], seeds, out / "runs", common, allow_mismatch)
+    acc, wall = mean_by_arm(records, "acc"), mean_by_arm(records, "wall_clock_s")
+    res: dict = {"headline_arm": head, "epochs": epochs, "equal_time_epochs": equal_epochs}
+    res["time_ratio"] = wall[head] / wall["dense"]
+    res["acc_delta_equal_time"] = 100 * (acc[head] - acc["dense"])
+    res.update(arms_report(records, "dense", out, target_acc=acc["dense"]))
+    return res
 
 
 def _growth_headline(records: list[dict], res: dict, out: Path, report: bool) -> dict:
