@@ -196,6 +196,11 @@ GROWTH_LONG_HEADLINE = "grow_depth_mlp_long"
 GROWTH_LONG_SPEEDUP = 1.63
 
 
+#: the growth recipes' warm-up, set for every arm of a growth comparison (dense included): the baseline's own 0.04
+#: would be a second difference between the arms
+GROWTH_WARMUP = "schedule.warmup=0.055"
+
+
 def control_arm(growth_arm: str) -> str:
     """Name of the dense arm given ``growth_arm``'s compute (``grow_both`` -> ``dense_matched_both``)."""
     return "dense_matched_" + growth_arm.removeprefix("grow_")
@@ -216,8 +221,7 @@ def growth_arms(
     growth = GROWTH_ARMS if arms is None else arms
     epochs = epochs_from(overrides, default_epochs)
     control_epochs = {arm: round(epochs * f, 2) for arm, f in compute_fractions.items()}
-    # the growth recipes' warm-up: the baseline's own 0.04 would be a second difference between the arms
-    common = ["schedule.warmup=0.055", *overrides, f"schedule.epochs={epochs}"]
+    common = [GROWTH_WARMUP, *overrides, f"schedule.epochs={epochs}"]
     runs = out / "runs"
     todo = [Arm("dense", "fmnist_micro_dense"), *(Arm(name, recipe) for name, recipe in growth.items())]
     todo += [Arm(control_arm(arm), "fmnist_micro_dense", [f"schedule.epochs={e}"]) for arm, e in control_epochs.items()]

@@ -45,18 +45,26 @@ def growth_suite(
     control the literature asks for (No Train No Gain): the baseline given a growth run's compute, its LR fully
     decayed in it.
     Headline keys (``speedup``, ``acc_delta``, ``acc_vs_control``) are those of ``experiments.GROWTH_HEADLINE``."""
-    from zoo.experiments import GROWTH_ARMS, GROWTH_CONTROLLED, GROWTH_HEADLINE, growth_arms
+    from zoo.experiments import GROWTH_ARMS, GROWTH_CONTROLLED, GROWTH_HEADLINE, GROWTH_WARMUP, growth_arms
 
     fractions = {arm: _growth_compute_fraction(GROWTH_ARMS[arm]) for arm in GROWTH_CONTROLLED}
     res: dict = {"headline_arm": GROWTH_HEADLINE, "compute_fraction": fractions}
     if quick:  # real runs on a 10k-image subset for 2 epochs: wall-clock and accuracy deltas, one seed
-        short = ["data.train_subset=10000", "schedule.epochs=2", "schedule.warmup=0.055", *(overrides or [])]
+        short = ["data.train_subset=10000", "schedule.epochs=2", GROWTH_WARMUP, *(overrides or [])]
         arms = [Arm("dense", "fmnist_micro_dense"), Arm(GROWTH_HEADLINE, GROWTH_ARMS[GROWTH_HEADLINE])]
         records = run_arms(arms, seeds[:1], out / "runs", extra_overrides=short, allow_mismatch=allow_mismatch)
     else:
         records, extra = growth_arms(seeds, out, overrides or [], allow_mismatch, fractions)
         res.update(extra)
     return _growth_headline(records, res, out, report=not quick)
+
+
+def _long_quick(quick: bool, overrides: list[str] | None, seeds: list[int]) -> tuple[list[str], list[int]]:
+    """The 9-epoch suites' ``--quick``: a 10k-image subset for 3 epochs, one seed (user overrides still win)."""
+    overrides = list(overrides or [])
+    if quick:
+        return ["data.train_subset=10000", "schedule.epochs=3", *overrides], seeds[:1]
+    return overrides, seeds
 
 
 @suite("growth-long")
@@ -72,10 +80,7 @@ def growth_long_suite(
     head = GROWTH_LONG_HEADLINE
     fractions = {head: _growth_compute_fraction(GROWTH_LONG_ARMS[head])}
     res: dict = {"headline_arm": head, "compute_fraction": fractions}
-    overrides = list(overrides or [])
-    if quick:
-        overrides = ["data.train_subset=10000", "schedule.epochs=3", *overrides]
-        seeds = seeds[:1]
+    overrides, seeds = _long_quick(quick, overrides, seeds)
     records, extra = growth_arms(seeds, out, overrides, allow_mismatch, fractions, GROWTH_LONG_ARMS, 9.0)
     res.update(extra)
     return _growth_headline(records, res, out, report=True)
@@ -90,17 +95,19 @@ def growth_equal_time_suite(
     growth arm trains ``experiments.GROWTH_LONG_SPEEDUP`` times the dense epochs; the wall-clock ratio this run
     measures (``time_ratio``) is reported beside the accuracy, so a drifted speedup shows.
     ``--quick``: a 10k-image subset, 3 epochs, one seed."""
-    from zoo.experiments import GROWTH_LONG_ARMS, GROWTH_LONG_HEADLINE, GROWTH_LONG_SPEEDUP, epochs_from
+    from zoo.experiments import (
+        GROWTH_LONG_ARMS,
+        GROWTH_LONG_HEADLINE,
+        GROWTH_LONG_SPEEDUP,
+        GROWTH_WARMUP,
+        epochs_from,
+    )
 
-    overrides = list(overrides or [])
-    if quick:
-        overrides = ["data.train_subset=10000", "schedule.epochs=3", *overrides]
-        seeds = seeds[:1]
+    overrides, seeds = _long_quick(quick, overrides, seeds)
     epochs = epochs_from(overrides, 9.0)
     equal_epochs = round(epochs * GROWTH_LONG_SPEEDUP, 2)
     head = f"{GROWTH_LONG_HEADLINE}_equal_time"
-    # the growth recipes' warm-up for both arms, as in the other growth suites; the arm's own epochs win
-    common = ["schedule.warmup=0.055", *overrides, f"schedule.epochs={epochs}"]
+    common = [GROWTH_WARMUP, *overrides, f"schedule.epochs={epochs}"]  # the arm's own epochs win
     growth = Arm(head, GROWTH_LONG_ARMS[GROWTH_LONG_HEADLINE], [f"schedule.epochs={equal_epochs}"])
     records = run_arms([Arm("dense", "fmnist_micro_dense"), growth], seeds, out / "runs", common, allow_mismatch)
     acc, wall = mean_by_arm(records, "acc"), mean_by_arm(records, "wall_clock_s")
