@@ -13,7 +13,7 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 @pytest.fixture(scope="session")
 def fmnist():
     """The real data; raises with install instructions if the Debian package is not installed."""
-    from zoo.data import load_fashion_mnist
+    from zoo.data.fashion_mnist import load_fashion_mnist
 
     return load_fashion_mnist()
 

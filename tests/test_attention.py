@@ -1,4 +1,5 @@
-"""Efficient attention variants (zoo.attention): semantics against dense / explicit references, FLOPs, errors, I/O."""
+"""Efficient attention variants (zoo.nn.attention): semantics against dense / explicit references, FLOPs, errors,
+I/O."""
 
 from __future__ import annotations
 
@@ -10,11 +11,10 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from zoo.attention import ATTENTION_TYPES, SharedQKAttention, SpatialReductionAttention, WindowAttention
-from zoo.flops import analytical_vit_flops, attention_block_flops, attention_flops, count_flops
-from zoo.growth import grow_embed_dim, grow_heads, grow_resolution
+from zoo.growth.operators import grow_embed_dim, grow_heads, grow_resolution
 from zoo.hub import save_model_folder
-from zoo.layers import Attention
+from zoo.measure.flops import analytical_vit_flops, attention_block_flops, attention_flops, count_flops
+from zoo.nn.attention import ATTENTION_TYPES, Attention, SharedQKAttention, SpatialReductionAttention, WindowAttention
 
 DIM, HEADS = 32, 2
 GRID = (5, 6)  # not divisible by the window / reduction sizes below: exercises padding and ceil cells

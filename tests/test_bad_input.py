@@ -12,7 +12,7 @@ import yaml
 from conftest import tiny_recipe
 from safetensors.torch import save_file
 
-from zoo.cli import main
+from zoo.cli.main import main
 from zoo.hub import save_model_folder
 
 

@@ -8,9 +8,10 @@ import pytest
 import yaml
 from conftest import tiny_recipe
 
-from zoo.bench import Arm, check_comparable, interleaved_times, run_arms, speedup
-from zoo.cli import main
-from zoo.manifest import collect_manifest
+from zoo.bench.runner import Arm, check_comparable, run_arms
+from zoo.cli.main import main
+from zoo.measure.stopwatch import interleaved_times, speedup
+from zoo.utils.manifest import collect_manifest
 
 
 def test_interleaved_times_round_robin_order():

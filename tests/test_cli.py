@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from zoo.cli import build_parser, main
+from zoo.cli.main import build_parser, main
 
 
 def test_help_for_every_subcommand(capsys):

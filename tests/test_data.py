@@ -1,4 +1,5 @@
-"""Tests for zoo.data. They need the real Fashion-MNIST files and fail (never skip) when they are missing."""
+"""Tests for zoo.data (Fashion-MNIST, image folders, bundles, the batched pipeline). They need the real Fashion-MNIST
+files and fail (never skip) when they are missing."""
 
 import gzip
 
@@ -6,16 +7,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import zoo.data as zd
-from zoo.data import (
-    DataError,
-    build_datasets,
-    find_fashion_mnist,
-    load_fashion_mnist,
-    load_imagefolder,
-    read_idx,
+import zoo.data.fashion_mnist as zd
+from zoo.data.datasets import DataError, build_datasets
+from zoo.data.fashion_mnist import find_fashion_mnist, load_fashion_mnist, read_idx
+from zoo.data.imagefolder import load_imagefolder
+from zoo.data.pipeline import (
+    IndexDataset,
+    collate_batch,
+    make_loader,
+    measure_input_pipeline,
+    normalize,
+    random_crop_flip,
 )
-from zoo.pipeline import IndexDataset, collate_batch, make_loader, measure_input_pipeline, normalize, random_crop_flip
 
 
 @pytest.fixture(scope="module", autouse=True)

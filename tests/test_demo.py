@@ -9,10 +9,12 @@ import pytest
 import timm
 import torch
 
-from zoo.cli import DEMO_RECIPE, main, resolve_recipe_path
-from zoo.pretrained import CHECKOUT, LOCAL_DIR, resolve_local_dir
-from zoo.recipe import load_recipe
-from zoo.routing import RoutedBlock
+from zoo.cli.main import main
+from zoo.cli.train import DEMO_RECIPE
+from zoo.models.pretrained import CHECKOUT, LOCAL_DIR, resolve_local_dir
+from zoo.nn.routing import RoutedBlock
+from zoo.training.recipe import load_recipe
+from zoo.training.recipe_lookup import resolve_recipe_path
 
 SOURCE = "local-dir:model_cards/zoo_vit_micro_p7.fmnist"
 # 512 images / batch 128 = 4 steps an epoch, 4 epochs: growth at step 2, an unfreeze boundary almost every step
@@ -29,8 +31,8 @@ def test_local_dir_resolves_from_cwd_then_checkout(tmp_path, monkeypatch):
 
 
 def test_demo_recipe_composes_growth_unfreezing_and_routing(tmp_path, monkeypatch, fmnist):
-    from zoo.data import build_datasets
-    from zoo.stages import StagePlan, apply_structure, build_model, set_numbers
+    from zoo.data.datasets import build_datasets
+    from zoo.training.stage_plan import StagePlan, apply_structure, build_model, set_step_values
 
     monkeypatch.chdir(tmp_path)  # the bundled model must resolve from any working directory
     recipe = load_recipe(resolve_recipe_path(DEMO_RECIPE))
@@ -45,7 +47,7 @@ def test_demo_recipe_composes_growth_unfreezing_and_routing(tmp_path, monkeypatc
     plan.validate(model)
     assert plan.growth_steps == [94], "one growth event, at 10%"
     apply_structure(model, plan, 0)
-    set_numbers(model, plan, 0)
+    set_step_values(model, plan, 0)
     x = torch.randn(4, 1, 28, 28)
     with torch.no_grad():  # converted to routed blocks at capacity 1.0: still the published function
         torch.testing.assert_close(model(x), published(x), atol=1e-5, rtol=0)
@@ -53,12 +55,12 @@ def test_demo_recipe_composes_growth_unfreezing_and_routing(tmp_path, monkeypatc
     firsts, depth = [], {}
     for step in range(total):
         if step == 94:  # the growth boundary: the `zero` operator keeps the (annealing, routed) model's function
-            set_numbers(model, plan, step)
+            set_step_values(model, plan, step)
             with torch.no_grad():
                 y_before = model.eval()(x)
         if plan.changes_at(step):
             apply_structure(model, plan, step)
-        set_numbers(model, plan, step)
+        set_step_values(model, plan, step)
         if step == 94:
             with torch.no_grad():
                 torch.testing.assert_close(model.eval()(x), y_before, atol=1e-5, rtol=0)
@@ -88,7 +90,7 @@ def demo_run(tmp_path_factory, fmnist):
 
 
 def test_demo_evaluates_before_and_after_for_real(demo_run):
-    from zoo.evaluate import evaluate_source
+    from zoo.training.evaluation import evaluate_source
 
     out, text = demo_run
     s = json.loads((out / "demo.json").read_text())

@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 
-from zoo.freezing import layer_groups, layer_scales, param_groups, set_group_lrs, set_trainable_from
+from zoo.training.freezing import layer_groups, layer_scales, param_groups, set_group_lrs, set_trainable_from
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"routing": {"capacity": 0.5}}, {"reg_tokens": 2, "init_values": 1e-5}])
@@ -65,7 +65,7 @@ def test_layer_decay_values_per_group():
     assert by_name["blocks.0.norm1.weight"]["weight_decay"] == 0.0 and by_name["pos_embed"]["weight_decay"] == 0.0
     assert by_name["blocks.0.mlp.fc1.weight"]["weight_decay"] == 0.05
     # recomputed when depth grows: the groups follow the current blocks
-    from zoo.growth import grow_depth
+    from zoo.growth.operators import grow_depth
 
     grow_depth(model, 4)
     deeper = {n: g for g in param_groups(model, 0.05, layer_decay=0.5) for n in g["names"]}

@@ -10,10 +10,10 @@ import torch
 from timm.layers import DropPath, resample_abs_pos_embed
 
 import zoo  # noqa: F401  (registers the models)
-from zoo.growth import grow, grow_depth, grow_embed_dim, grow_heads, grow_mlp, grow_resolution
-from zoo.growth_maps import ParamMap, load_state_by_name, optimizer_state_by_name, remap_optimizer, remap_tensors
+from zoo.growth.operators import grow, grow_depth, grow_embed_dim, grow_heads, grow_mlp, grow_resolution
+from zoo.growth.param_maps import ParamMap, load_state_by_name, optimizer_state_by_name, remap_optimizer, remap_tensors
 from zoo.hub import save_model_folder
-from zoo.routing import RoutedBlock
+from zoo.nn.routing import RoutedBlock
 
 CONFIGS = {
     "plain": {},

@@ -14,8 +14,8 @@ import yaml
 from conftest import tiny_recipe
 from safetensors.torch import load_file
 
-from zoo.recipe import GrowthStage, RecipeError, load_recipe, recipe_from_dict
-from zoo.stages import StagePlan, stage_step, stage_steps
+from zoo.training.recipe import GrowthStage, RecipeError, load_recipe, recipe_from_dict
+from zoo.training.stage_plan import StagePlan, stage_step, stage_steps
 
 SCHEDULES = Path(__file__).resolve().parent.parent / "schedules"
 
@@ -115,14 +115,14 @@ def test_valid_step_recipes_load_and_round_trip():
 
 
 def test_model_card_recipes_keep_their_recorded_hash():
-    from zoo.manifest import recipe_hash
-    from zoo.pretrained import MODEL_CARDS
+    from zoo.models.pretrained import MODEL_CARDS
+    from zoo.utils.manifest import recipe_hash
 
     cards = sorted(p for p in MODEL_CARDS.iterdir() if (p / "manifest.json").is_file())
     assert cards
     for folder in cards:
         recorded = json.loads((folder / "manifest.json").read_text())["recipe_hash"]
-        assert recipe_hash(load_recipe(folder / "recipe.yaml").to_dict()) == recorded, folder.name
+        assert recipe_hash(load_recipe(folder / "recipe.yaml").identity()) == recorded, folder.name
 
 
 def test_stage_step_is_the_step_or_the_fraction_rounded_up():
@@ -199,9 +199,10 @@ def test_step_and_fraction_recipes_that_map_to_the_same_steps_give_the_same_plan
 
 def test_bundled_depth_steps_recipe_is_the_depth_recipe_in_steps():
     """fmnist_grow_depth_steps gives the steps fmnist_grow_depth's fractions map to in its 9-epoch run; the run
-    length follows zoo/train.py: ``len(train_loader) // accumulation`` steps per epoch, the loader dropping the last
+    length follows zoo/training/trainer.py: ``len(train_loader) // accumulation`` steps per epoch, the loader dropping
+    the last
     incomplete batch."""
-    from zoo.pipeline import make_loader
+    from zoo.data.pipeline import make_loader
 
     at = load_recipe(SCHEDULES / "fmnist_grow_depth.yaml")
     by_step = load_recipe(SCHEDULES / "fmnist_grow_depth_steps.yaml")
@@ -232,7 +233,7 @@ def test_grow_ignores_the_stage_start_keys():
 
     import timm
 
-    from zoo.growth import grow
+    from zoo.growth.operators import grow
 
     model = timm.create_model("zoo_vit_micro_p4", embed_dim=32, depth=2, num_heads=2, num_classes=10, in_chans=1)
     grow(model, asdict(GrowthStage(step=3, depth=3)))
@@ -240,7 +241,7 @@ def test_grow_ignores_the_stage_start_keys():
 
 
 def test_card_describes_step_stages():
-    from zoo.card import unfreeze_summary
+    from zoo.publish.card import unfreeze_summary
 
     by_step = {
         "unfreeze": {"mode": "stages", "stages": [{"step": 0, "trainable_from": 1}, {"step": 500, "trainable_from": 0}]}
@@ -251,7 +252,7 @@ def test_card_describes_step_stages():
 
 
 def test_step_outside_the_run_fails_at_start_and_writes_nothing(tmp_path, capsys, fmnist):
-    from zoo.cli import main
+    from zoo.cli.main import main
 
     recipe = tmp_path / "r.yaml"
     # 512 images at batch 64: 8 steps per epoch, so step 100 of a 1-epoch run never comes
@@ -265,7 +266,7 @@ def test_step_outside_the_run_fails_at_start_and_writes_nothing(tmp_path, capsys
 
 
 def test_training_grows_and_unfreezes_at_the_given_steps_and_resumes_exactly(tmp_path, fmnist):
-    from zoo.train import train
+    from zoo.training.trainer import train
 
     # 8 steps; depth 2 -> 3 at step 3, stem and block 0 frozen until step 5; the session stops right at the growth
     recipe = recipe_from_dict(

@@ -19,12 +19,12 @@ from conftest import tiny_recipe
 from huggingface_hub import ModelCard, constants
 from safetensors.torch import save_model
 
-from zoo.card import fenced, structure_events, wilson_interval
-from zoo.cli import main
-from zoo.cli_publish import export_run
+from zoo.cli.main import main
 from zoo.hub import SOURCE_KEYS, ModelLoadError, load_folder, load_model, read_metadata
-from zoo.recipe import recipe_from_dict
-from zoo.train import train
+from zoo.publish.card import fenced, structure_events, wilson_interval
+from zoo.publish.export import export_run
+from zoo.training.recipe import recipe_from_dict
+from zoo.training.trainer import train
 
 REPO = "acme/zoo-tiny"
 COMMIT = hashlib.sha1(b"zoo-tiny").hexdigest()

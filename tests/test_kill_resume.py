@@ -3,7 +3,8 @@ inside a checkpoint write, right after a stage boundary, a damaged newest checkp
 weights bitwise equal to an uninterrupted run and the same metrics log, each training step once.
 
 Kills are real SIGKILLs: from the test at an arbitrary moment, or from inside the process at a precise point via
-``ZOO_FAULT`` (``zoo/faults.py``). Every recipe has 12 steps of 64 on 512 images (8 steps per epoch, so runs cross an
+``ZOO_FAULT`` (``zoo/utils/faults.py``). Every recipe has 12 steps of 64 on 512 images (8 steps per epoch, so runs
+cross an
 epoch boundary) with a checkpoint every 2 steps; one uninterrupted reference run per recipe is shared by the module.
 """
 
@@ -23,7 +24,7 @@ import yaml
 from conftest import tiny_recipe
 from safetensors.torch import load_file
 
-from zoo import checkpoint as ckpt
+from zoo.training import run_checkpoints as ckpt
 
 TOTAL = 12
 TRAIN = {"seed": 0, "log_every": 1, "eval_every": 100.0, "checkpoint_every": 2, "keep_checkpoints": 2}

@@ -1,4 +1,4 @@
-"""zoo.manifest: fields, hashing, comparison and atomic JSON writes."""
+"""zoo.utils.manifest: fields, hashing, comparison and atomic JSON writes."""
 
 import copy
 import json
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from zoo import manifest as mf
-from zoo.manifest import collect_manifest, compare_manifests, manifest_diff, recipe_hash, write_json_atomic
+from zoo.utils import manifest as mf
+from zoo.utils.manifest import collect_manifest, compare_manifests, manifest_diff, recipe_hash, write_json_atomic
 
 
 @pytest.fixture(scope="module")

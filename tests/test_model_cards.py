@@ -10,9 +10,9 @@ import timm
 import torch
 import yaml
 
-from zoo.data import build_datasets
-from zoo.evaluate import accuracy
-from zoo.pretrained import MODEL_CARDS, PUBLISHED, card_folder
+from zoo.data.datasets import build_datasets
+from zoo.models.pretrained import MODEL_CARDS, PUBLISHED, card_folder
+from zoo.training.evaluation import accuracy
 
 TAGS = sorted(n for n in timm.list_models("zoo_*", pretrained=True) if "." in n)
 CARDS = sorted(p.name for p in MODEL_CARDS.iterdir() if p.is_dir()) if MODEL_CARDS.is_dir() else []

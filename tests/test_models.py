@@ -22,7 +22,7 @@ VARIANTS = [(name, {}) for name in ZOO_MODELS] + [
     ("zoo_vit_micro_p4", {"routing": {"capacity": 0.5, "layers": "all", "router": "cls_attn"}}),
     ("zoo_vit_micro_p4", {"routing": {"capacity": 0.5, "layers": [0, 2], "context": "all"}}),
     ("zoo_vit_micro_p4", {"global_pool": "avg", "reg_tokens": 2, "init_values": 1e-5}),
-    # efficient attention (zoo.attention): window 4 pads the 7 x 7 grid to 8 x 8
+    # efficient attention (zoo.nn.attention): window 4 pads the 7 x 7 grid to 8 x 8
     ("zoo_vit_micro_p4", {"attn_type": "window", "attn_args": {"window_size": 4}}),
     ("zoo_vit_micro_p4", {"attn_type": "spatial_reduction", "attn_args": {"sr_ratio": 2}}),
     ("zoo_vit_micro_p4", {"attn_type": "lowrank", "attn_args": {"k_len": 16}}),

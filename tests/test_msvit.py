@@ -16,11 +16,12 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from zoo.flops import count_flops, vit_block_flops
-from zoo.freezing import layer_groups, set_trainable_from
+from zoo.data.fashion_mnist import FASHION_MNIST_MEAN as FMNIST_MEAN
+from zoo.data.fashion_mnist import FASHION_MNIST_STD as FMNIST_STD
 from zoo.hub import load_model, save_model_folder
+from zoo.measure.flops import count_flops, vit_block_flops
 from zoo.models.zoo_msvit import MergeBlock, PatchMerging, ZooMSViT, stage_grid_sizes
-from zoo.models.zoo_vit import FMNIST_MEAN, FMNIST_STD
+from zoo.training.freezing import layer_groups, set_trainable_from
 
 SMALL = dict(embed_dims=[32, 64], depths=[1, 1], num_heads=[1, 2])
 
@@ -276,8 +277,8 @@ def test_zoovit_only_features_are_clear_errors():
         make(num_heads=[1, 2, 4])
     with pytest.raises(ValueError, match="multiple of patch_size"):
         make(img_size=29)
-    # growth: zoo.growth needs the single width ZooViT has; it refuses clearly, before changing anything
-    from zoo.growth import grow
+    # growth: zoo.growth.operators needs the single width ZooViT has; it refuses clearly, before changing anything
+    from zoo.growth.operators import grow
 
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(NotImplementedError, match="does not support layer-wise growth"):

@@ -27,7 +27,7 @@ from conftest import tiny_recipe
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from zoo import checkpoint as ckpt
+from zoo.training import run_checkpoints as ckpt
 
 TOTAL, STEPS_PER_EPOCH, WORLD = 12, 8, 2  # 512 images, global batch 64: 8 steps per epoch whatever the processes
 RECIPE = tiny_recipe(
@@ -59,7 +59,7 @@ if "LOCAL_RANK" in os.environ:
         _aa.save_accelerator_state = _slow_save
     _probe = os.environ.get("ZOO_TEST_PROBE")
     if _probe:
-        import zoo.train as _zt
+        import zoo.training.trainer as _zt
         from zoo.hub import weights_hash
 
         _check, _crop, _micro = _zt.check_ranks_identical, _zt.random_crop_flip, set()
@@ -223,8 +223,8 @@ def test_torchrun_without_accelerate_use_cpu_still_forms_one_group(reference, ho
 
 def test_world_size_mismatch_is_refused(monkeypatch, tmp_path):
     # if Accelerate ever sees fewer processes than torchrun started (the independent-copies failure), training refuses
-    import zoo.train
-    from zoo.recipe import recipe_from_dict
+    import zoo.training.trainer
+    from zoo.training.recipe import recipe_from_dict
 
     class SingleProcess:
         num_processes = 1
@@ -232,7 +232,7 @@ def test_world_size_mismatch_is_refused(monkeypatch, tmp_path):
         def __init__(self, **kwargs):
             pass
 
-    monkeypatch.setattr(zoo.train, "Accelerator", SingleProcess)
+    monkeypatch.setattr(zoo.training.trainer, "Accelerator", SingleProcess)
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(RuntimeError, match="ACCELERATE_USE_CPU=1 torchrun"):
-        zoo.train.make_accelerator(recipe_from_dict(RECIPE), tmp_path, "fp32")
+        zoo.training.trainer.make_accelerator(recipe_from_dict(RECIPE), tmp_path, "fp32")

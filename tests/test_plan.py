@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import timm
 
-from zoo.plan import micro_batches, parse_bytes, plan
+from zoo.measure.memory_plan import micro_batches, parse_bytes, plan
 
 
 def test_parse_bytes_and_micro_batches():

@@ -1,4 +1,5 @@
-"""zoo.profile / zoo.flops: counted FLOPs against analytical counts, memory tracking, MFU and the profile dict."""
+"""zoo.measure.profile / zoo.measure.flops: counted FLOPs against analytical counts, memory tracking, MFU and the
+profile dict."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from zoo.flops import (
+from zoo.measure.flops import (
     SDPA_CPU_FLOP_MAPPING,
     analytical_routed_vit_flops,
     analytical_vit_flops,
@@ -18,8 +19,8 @@ from zoo.flops import (
     sdpa_cpu_backward_flop,
     sdpa_cpu_flop,
 )
-from zoo.layers import Attention
-from zoo.profile import format_profile, measure_gemm_peak, measure_train_memory, profile_model
+from zoo.measure.profile import format_profile, measure_gemm_peak, measure_train_memory, profile_model
+from zoo.nn.attention import Attention
 
 ROUTING = dict(capacity=0.25, layers="every_other")
 KEYS = {

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from zoo.cli import main
-from zoo.readme import bench_markdown, replace_section
+from zoo.bench.readme import bench_markdown, replace_section
+from zoo.cli.main import main
 
 README = "# x\n<!-- bench-routing:start -->\nold\n<!-- bench-routing:end -->\n<!-- zoo:start -->\n<!-- zoo:end -->\n"
 
@@ -75,7 +75,7 @@ def test_growth_summary_names_its_headline_arm_and_tabulates_loss_spikes():
 def test_every_suite_has_its_section_in_the_readme():
     from pathlib import Path
 
-    from zoo.suites import SUITES
+    from zoo.bench.suites import SUITES
 
     text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for name in SUITES:  # `zoo readme` would fail on a suite whose results have nowhere to go

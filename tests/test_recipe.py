@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from zoo.recipe import RecipeError, load_recipe, recipe_from_dict
+from zoo.training.recipe import RecipeError, load_recipe, recipe_from_dict
 
 SCHEDULES = sorted((Path(__file__).resolve().parent.parent / "schedules").glob("*.yaml"))
 
@@ -95,9 +95,9 @@ def test_round_trip_is_stable():
 def test_every_bundled_recipe_loads_and_builds(path, fmnist, tmp_path):
     import timm
 
-    from zoo.data import build_datasets
+    from zoo.data.datasets import build_datasets
     from zoo.hub import save_model_folder
-    from zoo.stages import StagePlan, build_model
+    from zoo.training.stage_plan import StagePlan, build_model
 
     text = path.read_text()
     assert text.startswith("#") and "zoo train" in text, "header comment must state the command that runs it"

@@ -1,4 +1,4 @@
-"""zoo.report: per-arm summaries, markdown output and plots on a synthetic 2-arm benchmark."""
+"""zoo.bench.report: per-arm summaries, markdown output and plots on a synthetic 2-arm benchmark."""
 
 import math
 import re
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from zoo.report import arms_markdown, markdown_table, plot_arms, summarize_arms
+from zoo.bench.report import arms_markdown, markdown_table, plot_arms, summarize_arms
 
 MIB = 2**20
 T_975_DF2 = 4.302652730  # Student-t table, 0.975 quantile, 2 df

@@ -10,11 +10,9 @@ import pytest
 import yaml
 from conftest import tiny_recipe
 
-from zoo import checkpoint as ckpt
-from zoo.cli import main
-from zoo.cli_publish import export_run
-from zoo.recipe import recipe_from_dict
-from zoo.reproduce import (
+from zoo.cli.main import main
+from zoo.publish.export import export_run
+from zoo.publish.reproduce import (
     ReproduceError,
     card_base_model,
     choose_comparison_point,
@@ -25,7 +23,9 @@ from zoo.reproduce import (
     run_state,
     steps_per_epoch,
 )
-from zoo.train import train
+from zoo.training import run_checkpoints as ckpt
+from zoo.training.recipe import recipe_from_dict
+from zoo.training.trainer import train
 
 
 def log(spe: int, eval_steps: list[int], total: int) -> list[dict]:

@@ -13,9 +13,9 @@ import timm
 import torch
 
 import zoo.models.zoo_revvit as revvit  # registers the zoo_revvit_* models
-from zoo.freezing import set_trainable_from
 from zoo.hub import save_model_folder
 from zoo.models.zoo_revvit import RevBlock, ZooRevViT
+from zoo.training.freezing import set_trainable_from
 
 SMALL = dict(embed_dim=32, num_heads=2)
 
@@ -131,7 +131,7 @@ def test_autocast_reentry_is_what_makes_bf16_grads_match(monkeypatch):
 
 
 def test_frozen_prefix_grads_equal_vanilla():
-    """``no_grad_prefix`` (set by zoo.freezing): stem and leading blocks without a graph, rest reversible."""
+    """``no_grad_prefix`` (set by zoo.training.freezing): stem and leading blocks without a graph, rest reversible."""
     model = make(depth=6).train()
     set_trainable_from(model, 3)  # freezes the stem and blocks 0-1
     assert model.no_grad_prefix == 2 and not model.blocks[0].training
@@ -181,9 +181,10 @@ def test_saved_activations_do_not_grow_with_depth(drop):
 
 
 def test_flop_counter_sees_one_extra_forward_of_the_blocks():
-    """zoo.flops (FlopCounterMode + module hooks) runs through the custom backward, and the reversible step costs
+    """zoo.measure.flops (FlopCounterMode + module hooks) runs through the custom backward, and the reversible step
+    costs
     exactly the vanilla step plus one recomputation of every block's forward."""
-    from zoo.flops import count_flops
+    from zoo.measure.flops import count_flops
 
     model = make(depth=3).train()
     x = images(2)
@@ -258,7 +259,7 @@ def test_reset_classifier_features_and_groups():
     assert [f.shape for f in fm(images(2))] == [torch.Size([2, 96, 7, 7])] * 2
     model.set_grad_checkpointing(True)  # no-op: reversibility already bounds activation memory
     assert model.grad_checkpointing is False
-    from zoo.freezing import layer_groups
+    from zoo.training.freezing import layer_groups
 
     # same grouping as ZooViT: stem, one group per block (final norm joins the last), head on top
     groups = layer_groups(make(depth=3))  # a fresh model: the one above has no head any more

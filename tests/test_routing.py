@@ -6,8 +6,8 @@ import pytest
 import timm
 import torch
 
-from zoo.layers import Block
-from zoo.routing import (
+from zoo.nn.block import Block
+from zoo.nn.routing import (
     RoutedBlock,
     capacity_to_k,
     gather_tokens,

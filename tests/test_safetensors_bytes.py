@@ -1,4 +1,5 @@
-"""Byte-reproducible safetensors files (``zoo.safetensors_bytes``): canonical header, data untouched, still loadable."""
+"""Byte-reproducible safetensors files (``zoo.hub.safetensors_bytes``): canonical header, data untouched, still
+loadable."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from zoo.safetensors_bytes import canonical_header, make_reproducible
+from zoo.hub.safetensors_bytes import canonical_header, make_reproducible
 
 TENSORS = {"b.weight": torch.arange(6.0).reshape(2, 3), "a.bias": torch.ones(3, dtype=torch.bfloat16)}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from zoo.schedule import (
+from zoo.training.progress import (
     anneal_value,
     boundary_steps,
     fractions_to_boundaries,

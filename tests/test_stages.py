@@ -6,9 +6,9 @@ import pytest
 import timm
 from conftest import tiny_recipe
 
-from zoo.recipe import recipe_from_dict
-from zoo.routing import RoutedBlock
-from zoo.stages import StagePlan, apply_structure, set_numbers
+from zoo.nn.routing import RoutedBlock
+from zoo.training.recipe import recipe_from_dict
+from zoo.training.stage_plan import StagePlan, apply_structure, set_step_values
 
 TOTAL = 8
 
@@ -18,7 +18,7 @@ def _walk(recipe):
     m = recipe.model
     model = timm.create_model(m.name, num_classes=10, in_chans=1, img_size=28, **m.args)
     if recipe.routing is not None:
-        from zoo.stages import routing_args
+        from zoo.training.stage_plan import routing_args
 
         model.set_routing(routing_args(recipe))
     plan = StagePlan.from_recipe(recipe, TOTAL)
@@ -27,7 +27,7 @@ def _walk(recipe):
     for step in range(TOTAL):
         if plan.changes_at(step):
             apply_structure(model, plan, step)
-        set_numbers(model, plan, step)
+        set_step_values(model, plan, step)
         yield step, model, {n for n, p in model.named_parameters() if p.requires_grad}
 
 

@@ -1,10 +1,10 @@
-"""zoo.stats against values computed by hand (closed forms written out in the tests, not taken from scipy)."""
+"""zoo.bench.stats against values computed by hand (closed forms written out in the tests, not taken from scipy)."""
 
 import math
 
 import pytest
 
-from zoo.stats import mean_ci, ratio_ci, time_to_reach, welch_ttest
+from zoo.bench.stats import mean_ci, ratio_ci, time_to_reach, welch_ttest
 
 T_975_DF3 = 3.182446305  # Student-t table, 0.975 quantile, 3 df
 

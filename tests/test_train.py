@@ -9,8 +9,8 @@ import torch
 from conftest import tiny_recipe
 from safetensors.torch import load_file
 
-from zoo.recipe import RecipeError, recipe_from_dict
-from zoo.train import train
+from zoo.training.recipe import RecipeError, recipe_from_dict
+from zoo.training.trainer import train
 
 
 def weights(run_dir):

@@ -15,7 +15,16 @@ import json
 import time
 from pathlib import Path
 
-from zoo.recipe import Recipe, RecipeError
+from zoo.hub import load_model
+from zoo.measure.compare import compare_models
+from zoo.models.pretrained import HUB_ORG, published_name, resolve_local_dir
+from zoo.nn.routing import resolve_route_plan
+from zoo.publish.export import export_run
+from zoo.training.evaluation import evaluate_source
+from zoo.training.recipe import Recipe, RecipeError, load_recipe
+from zoo.training.trainer import train
+from zoo.utils.manifest import recipe_hash, write_json_atomic
+from zoo.utils.units import si
 
 SUMMARY_NAME = "demo.json"
 EXPORT_NAME = "export"
@@ -23,19 +32,17 @@ EXPORT_NAME = "export"
 
 def finished_run(out: Path, recipe: Recipe) -> bool:
     """``out`` holds a completed run of exactly this recipe (``result.json`` is written only at the end)."""
-    from zoo.manifest import recipe_hash
 
     try:
         manifest = json.loads((out / "manifest.json").read_text())
     except (OSError, json.JSONDecodeError):
         return False
     done = (out / "result.json").is_file() and (out / "model").is_dir()
-    return done and manifest.get("recipe_hash") == recipe_hash(recipe.to_dict())
+    return done and manifest.get("recipe_hash") == recipe_hash(recipe.identity())
 
 
 def describe_model(model) -> str:
     """Architecture in a few words: name, depth, routed blocks and their capacity."""
-    from zoo.routing import resolve_route_plan
 
     args = model.model_args
     text = f"{model.pretrained_cfg.get('architecture', type(model).__name__)}, {len(model.blocks)} blocks"
@@ -60,14 +67,6 @@ def run_demo(
     """Run the story into ``out`` (the run) and ``out/export`` (the hub folder); returns the summary it also writes
     to ``out/demo.json``. A finished run is reused with ``resume`` (``zoo train --resume`` on a finished run has no
     evaluation left to run), so a second ``zoo demo --resume`` only re-evaluates, re-exports and re-profiles."""
-    from zoo.cli_publish import export_run
-    from zoo.compare import compare_models
-    from zoo.evaluate import evaluate_source
-    from zoo.hub import load_model
-    from zoo.manifest import write_json_atomic
-    from zoo.pretrained import HUB_ORG, published_name, resolve_local_dir
-    from zoo.recipe import load_recipe
-    from zoo.train import train
 
     t_start = time.perf_counter()
     out = Path(out)
@@ -128,7 +127,6 @@ def run_demo(
 
 def format_demo(s: dict) -> str:
     """The before/after table, then where the folder is and how to load it."""
-    from zoo.units import si
 
     b, a = s["before"], s["after"]
     rows = [

@@ -1,12 +1,42 @@
-"""Pieces every zoo family shares: timm's default linear init, and the frozen-prefix hooks that ``zoo.freezing``
+"""Pieces every zoo family shares: the pretrained_cfg helpers, timm's default linear init, and the frozen-prefix hooks
+that ``zoo.training.freezing``
 sets (``no_grad_prefix``: the stem and the first N blocks are frozen). One implementation, so the families cannot
 drift apart in what "frozen" means."""
 
 from __future__ import annotations
 
 import torch
+from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.layers import trunc_normal_
 from torch import nn
+
+from zoo.data.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+
+
+def vit_cfg(**kwargs) -> dict:
+    """timm pretrained_cfg of a zoo ViT family at ImageNet shape (224 px, 1000 classes, Inception mean/std)."""
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": None,
+        "crop_pct": 0.9,
+        "interpolation": "bicubic",
+        "fixed_input_size": True,
+        "mean": IMAGENET_INCEPTION_MEAN,
+        "std": IMAGENET_INCEPTION_STD,
+        "first_conv": "patch_embed.proj",
+        "classifier": "head",
+        "license": "apache-2.0",
+        **kwargs,
+    }
+
+
+def fmnist_cfg(**kwargs) -> dict:
+    """pretrained_cfg for Fashion-MNIST models: 1 x 28 x 28, 10 classes, the dataset's mean/std, no center crop."""
+    return vit_cfg(
+        num_classes=10, input_size=(1, 28, 28), mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD, crop_pct=1.0, **kwargs
+    )
 
 
 def init_linears(model: nn.Module, skip_suffix: str | None = None) -> None:

@@ -1,6 +1,6 @@
 """ZooMSViT: a multi-scale (hierarchical) Vision Transformer built from the zoo's pre-norm blocks.
 
-Design. Stages of ``zoo.layers.Block`` (the same pre-norm attention + MLP block as ``ZooViT``, with its
+Design. Stages of ``zoo.nn.block.Block`` (the same pre-norm attention + MLP block as ``ZooViT``, with its
 ``attn_type`` / ``attn_args`` attention variants), joined by **patch merging** as in Swin (Liu et al., "Swin
 Transformer: Hierarchical Vision Transformer using Shifted Windows", ICCV 2021): every 2x2 group of neighbouring
 tokens is concatenated (C -> 4C), layer-normed and projected by a bias-free linear layer to the next stage's width,
@@ -16,7 +16,8 @@ token) or MViT's pooling attention (Fan et al., "Multiscale Vision Transformers"
 attention and so would replace the zoo's attention modules): merging works on the (B, N, C) token sequence the zoo
 blocks already pass around (a reshape and one ``nn.Linear``), needs no class-token special case, keeps every value of
 a 2x2 group (the linear layer sees all four tokens, unlike a pooling), leaves the blocks and attention variants
-untouched, and all of its cost is a matmul that ``zoo.flops`` / ``FlopCounterMode`` count. Its parameter names and
+untouched, and all of its cost is a matmul that ``zoo.measure.flops`` / ``FlopCounterMode`` count. Its parameter names
+and
 concatenation order (``downsample.norm``, ``downsample.reduction``; x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2],
 x[1::2, 1::2]) are those of timm's Swin ``PatchMerging``. A grid side that is odd is zero-padded at the
 bottom/right before merging (as timm's Swin does), so any input size works: ``ceil(H/2) x ceil(W/2)`` tokens
@@ -28,7 +29,8 @@ Layout for the zoo's tools. ``model.blocks`` is ONE flat ``nn.Sequential`` of al
 block of every stage after the first is a ``MergeBlock``, which merges the previous stage's tokens before its own
 attention and MLP. So a block is still the unit of everything the zoo does per block: ``set_grad_checkpointing``
 (checkpoints block by block, merges included; the same code as ``ZooViT``), ``group_matcher`` and
-``zoo.freezing`` (groups: stem, one per block in order with the final norm joining the last block, head on top: a
+``zoo.training.freezing`` (groups: stem, one per block in order with the final norm joining the last block, head on
+top: a
 merge belongs to the group of the block it starts), ``no_grad_prefix`` (frozen leading blocks run without a graph),
 the per-block rows of ``zoo profile``. ``model_args["depth"]`` is the total number of blocks, ``sum(depths)``
 (the zoo's tools read it as ``len(model.blocks)``); ``depths`` gives the split into stages. ``feature_info`` and
@@ -37,9 +39,9 @@ the per-block rows of ``zoo profile``. ``model_args["depth"]`` is the total numb
 
 Not supported (ZooViT-only features): token routing (a routed block processes a top-k subset of tokens in score
 order, which breaks the 2x2 neighbourhoods a merge needs; ``routing=...`` at construction raises ValueError and
-``set_routing`` NotImplementedError), layer-wise growth (``zoo.growth`` operators assume one residual width
+``set_routing`` NotImplementedError), layer-wise growth (``zoo.growth.operators`` operators assume one residual width
 ``embed_dim`` shared by all blocks; this family has ``embed_dims`` per stage, so it does not set
-``supports_growth`` and ``zoo.growth.grow`` raises NotImplementedError before changing anything),
+``supports_growth`` and ``zoo.growth.operators.grow`` raises NotImplementedError before changing anything),
 class / register tokens, and pooling other than ``global_pool="avg"``. Changing the input size with
 ``set_input_size`` is supported (position embedding resampled, every stage's grid recomputed).
 """
@@ -55,11 +57,11 @@ from timm.layers import resample_abs_pos_embed, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from zoo.attention import resolve_attn_args
-from zoo.layers import Block
-from zoo.models.common import init_linears, keep_frozen_prefix_eval, run_blocks
-from zoo.models.zoo_vit import ZooViT, _cfg, _fmnist_cfg, checkpoint_filter_fn, drop_path_rates, new_head
-from zoo.stems import make_stem
+from zoo.models.common import fmnist_cfg, init_linears, keep_frozen_prefix_eval, run_blocks, vit_cfg
+from zoo.models.zoo_vit import ZooViT, checkpoint_filter_fn, drop_path_rates, new_head
+from zoo.nn.attention import resolve_attn_args
+from zoo.nn.block import Block
+from zoo.nn.stems import make_stem
 
 __all__ = ["MergeBlock", "PatchMerging", "ZooMSViT", "stage_grid_sizes"]
 
@@ -139,7 +141,7 @@ class MergeBlock(Block):
 class ZooMSViT(nn.Module):
     """Hierarchical ViT with timm's interface (see the module docstring for the design and what is not supported).
 
-    Hooks shared with ``ZooViT``: ``no_grad_prefix`` (set by ``zoo.freezing``) and
+    Hooks shared with ``ZooViT``: ``no_grad_prefix`` (set by ``zoo.training.freezing``) and
     ``set_grad_checkpointing(enable, every=k, policy=...)``, both per block of the flat ``blocks`` sequence.
     """
 
@@ -187,9 +189,9 @@ class ZooMSViT(nn.Module):
             proj_drop_rate: Dropout after the attention projection and in the MLP.
             attn_drop_rate: Attention-probability dropout.
             drop_path_rate: Stochastic depth, increasing linearly over all blocks of all stages.
-            attn_type: Attention of every block (``zoo.attention``); grid-aware variants see their stage's grid.
+            attn_type: Attention of every block (``zoo.nn.attention``); grid-aware variants see their stage's grid.
             attn_args: Options of ``attn_type`` (defaults filled in and recorded).
-            stem: 'patch' (timm's PatchEmbed) or 'conv' (``zoo.stems.ConvStem``).
+            stem: 'patch' (timm's PatchEmbed) or 'conv' (``zoo.nn.stems.ConvStem``).
             routing: Must be None: token routing is not supported by this family (ValueError otherwise).
             weight_init: '' for timm's default ViT init, 'skip' to leave modules' own init.
         """
@@ -429,8 +431,8 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> ZooMSViT:
 
 default_cfgs = generate_default_cfgs(
     {
-        "zoo_msvit_micro_p2": _fmnist_cfg(),
-        "zoo_msvit_tiny_p4": _cfg(),
+        "zoo_msvit_micro_p2": fmnist_cfg(),
+        "zoo_msvit_tiny_p4": vit_cfg(),
     }
 )
 

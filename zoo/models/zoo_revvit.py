@@ -11,7 +11,7 @@ can be rebuilt from its outputs (``X2 = Y2 - G(Y1)``, ``X1 = Y1 - F(X2)``), trai
 block at a time from the top: activation memory is that of one block whatever the depth, for the price of one extra
 forward pass of the blocks in backward.
 
-Parameter names inside a block are those of ``zoo.layers.Block`` (and so of timm's ViT block), and the stem, norm
+Parameter names inside a block are those of ``zoo.nn.block.Block`` (and so of timm's ViT block), and the stem, norm
 and head are named as in ``ZooViT``: a ViT state dict of the same shape loads (the function differs, it is a
 different architecture). Everything that defines the architecture is a JSON-safe keyword argument kept in
 ``model.model_args``, so ``zoo.hub.save_model_folder`` and ``timm.create_model("local-dir:...")`` round-trip.
@@ -28,11 +28,8 @@ from timm.layers import DropPath, PatchEmbed, resample_abs_pos_embed, trunc_norm
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from zoo.layers import Block
-from zoo.models.common import init_linears, keep_frozen_prefix_eval
+from zoo.models.common import fmnist_cfg, init_linears, keep_frozen_prefix_eval, vit_cfg
 from zoo.models.zoo_vit import (
-    _cfg,
-    _fmnist_cfg,
     add_prefix_tokens,
     check_global_pool,
     checkpoint_filter_fn,
@@ -40,6 +37,7 @@ from zoo.models.zoo_vit import (
     new_head,
     pool_tokens,
 )
+from zoo.nn.block import Block
 
 __all__ = ["RevBlock", "RevStackFunction", "ZooRevViT"]
 
@@ -205,7 +203,7 @@ def _grad(out: torch.Tensor, inputs: list[torch.Tensor], grad_out: torch.Tensor)
 def _non_leaf(t: torch.Tensor) -> torch.Tensor:
     """A free view of a grad-requiring leaf, so modules never receive the leaf itself.
 
-    Module backward hooks (torch's ModuleTracker, used by ``FlopCounterMode`` and so by ``zoo.flops``) put a
+    Module backward hooks (torch's ModuleTracker, used by ``FlopCounterMode`` and so by ``zoo.measure.flops``) put a
     multi-grad hook on module inputs, and torch refuses such a hook on a leaf during ``torch.autograd.grad``
     ("A leaf node was passed to _will_engine_execute_node ..."). Gradients still flow to the leaf.
     """
@@ -265,7 +263,7 @@ class ZooRevViT(nn.Module):
     Training with gradients enabled runs the blocks through ``RevStackFunction`` (activation memory independent of
     depth); with gradients disabled (eval, inference) or ``use_vanilla_backward=True`` the same blocks run as a plain
     loop under ordinary autograd (the reference the tests compare against). ``no_grad_prefix`` (set by
-    ``zoo.freezing``) works as in ``ZooViT``: the stem and that many leading blocks run without a graph.
+    ``zoo.training.freezing``) works as in ``ZooViT``: the stem and that many leading blocks run without a graph.
     """
 
     def __init__(
@@ -395,7 +393,8 @@ class ZooRevViT(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
-        """Layer groups exactly as ``ZooViT``'s, so group indices (``zoo.freezing``, layer decay) mean the same in
+        """Layer groups exactly as ``ZooViT``'s, so group indices (``zoo.training.freezing``, layer decay) mean the
+        same in
         both families: stem, one per block (timm's ``(99999,)`` joins the final norm to the last block), and the
         head, left unmatched, as the top group."""
         return dict(
@@ -535,9 +534,9 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> ZooRevViT:
 
 default_cfgs = generate_default_cfgs(
     {
-        "zoo_revvit_small_p16": _cfg(),
-        "zoo_revvit_micro_p4": _fmnist_cfg(),
-        "zoo_revvit_mini_p4": _fmnist_cfg(),
+        "zoo_revvit_small_p16": vit_cfg(),
+        "zoo_revvit_micro_p4": fmnist_cfg(),
+        "zoo_revvit_mini_p4": fmnist_cfg(),
     }
 )
 

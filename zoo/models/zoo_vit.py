@@ -12,21 +12,18 @@ import math
 from typing import Any
 
 import torch
-from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.layers import resample_abs_pos_embed, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from zoo.attention import check_routing, resolve_attn_args
-from zoo.layers import Block
-from zoo.models.common import init_linears, keep_frozen_prefix_eval, run_blocks
-from zoo.pretrained import published_cfg
-from zoo.routing import RoutedBlock, resolve_route_plan
-from zoo.stems import make_stem
-
-FMNIST_MEAN = (0.2860,)
-FMNIST_STD = (0.3530,)
+from zoo.models.common import fmnist_cfg, init_linears, keep_frozen_prefix_eval, run_blocks, vit_cfg
+from zoo.models.pretrained import published_cfg
+from zoo.nn.activation_checkpointing import checkpoint_context_fn
+from zoo.nn.attention import check_routing, resolve_attn_args
+from zoo.nn.block import Block
+from zoo.nn.routing import RoutedBlock, resolve_route_plan
+from zoo.nn.stems import make_stem
 
 
 def check_global_pool(global_pool: str, class_token: bool) -> None:
@@ -72,16 +69,16 @@ class ZooViT(nn.Module):
     """Vision Transformer with timm's interface and the zoo's efficiency hooks.
 
     Hooks (all set from outside, none threaded through ``forward`` as flags):
-      - ``routing``: which blocks are ``RoutedBlock`` and at what capacity (see ``zoo.routing``).
+      - ``routing``: which blocks are ``RoutedBlock`` and at what capacity (see ``zoo.nn.routing``).
       - ``no_grad_prefix``: number of leading blocks (after the stem) that run without building an autograd graph,
-        set by ``zoo.freezing`` when they are frozen; -1 means the stem also builds a graph.
+        set by ``zoo.training.freezing`` when they are frozen; -1 means the stem also builds a graph.
       - ``set_grad_checkpointing(enable, every=k, policy=...)``: activation checkpointing per block.
 
     ``attn_type`` ("dense", "window", "spatial_reduction", "lowrank", "shared_qk") and ``attn_args`` (its options,
-    e.g. ``{"window_size": 4}``) select every block's attention; see ``zoo.attention``.
+    e.g. ``{"window_size": 4}``) select every block's attention; see ``zoo.nn.attention``.
     """
 
-    supports_growth = True  # zoo.growth operators apply (single residual width, plain block list)
+    supports_growth = True  # zoo.growth.operators operators apply (single residual width, plain block list)
 
     def __init__(
         self,
@@ -262,8 +259,6 @@ class ZooViT(nn.Module):
 
     def _run_block(self, i: int, blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled() and i % self.checkpoint_every == 0:
-            from zoo.memory import checkpoint_context_fn  # memory policies live with the memory savers
-
             return checkpoint(blk, x, use_reentrant=False, context_fn=checkpoint_context_fn(self.checkpoint_policy))
         return blk(x)
 
@@ -313,7 +308,7 @@ class ZooViT(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ conversion
     def set_routing(self, routing: dict | None) -> None:
-        """Make blocks routed / dense per ``routing`` (see ``zoo.routing.resolve_route_plan``), keeping weights.
+        """Make blocks routed / dense per ``routing`` (see ``zoo.nn.routing.resolve_route_plan``), keeping weights.
 
         Router weights start at zero (gate 1), so at capacity 1.0 the converted model computes the same function.
         """
@@ -392,40 +387,18 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> ZooViT:
     )
 
 
-def _cfg(**kwargs) -> dict:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": None,
-        "crop_pct": 0.9,
-        "interpolation": "bicubic",
-        "fixed_input_size": True,
-        "mean": IMAGENET_INCEPTION_MEAN,
-        "std": IMAGENET_INCEPTION_STD,
-        "first_conv": "patch_embed.proj",
-        "classifier": "head",
-        "license": "apache-2.0",
-        **kwargs,
-    }
-
-
-def _fmnist_cfg(**kwargs) -> dict:
-    return _cfg(num_classes=10, input_size=(1, 28, 28), mean=FMNIST_MEAN, std=FMNIST_STD, crop_pct=1.0, **kwargs)
-
-
 default_cfgs = generate_default_cfgs(
     {
-        "zoo_vit_tiny_p16": _cfg(),
-        "zoo_vit_small_p16": _cfg(),
-        "zoo_vit_base_p16": _cfg(),
-        "zoo_vit_micro_p7.fmnist": published_cfg("zoo_vit_micro_p7.fmnist", _fmnist_cfg()),
-        "zoo_vit_micro_p7": _fmnist_cfg(),
-        "zoo_vit_micro_p7_r25.fmnist": published_cfg("zoo_vit_micro_p7_r25.fmnist", _fmnist_cfg()),
-        "zoo_vit_micro_p7.fmnist_grown": published_cfg("zoo_vit_micro_p7.fmnist_grown", _fmnist_cfg()),
-        "zoo_vit_micro_p7_r25.fmnist_grown": published_cfg("zoo_vit_micro_p7_r25.fmnist_grown", _fmnist_cfg()),
-        "zoo_vit_micro_p4": _fmnist_cfg(),
-        "zoo_vit_mini_p4": _fmnist_cfg(),
+        "zoo_vit_tiny_p16": vit_cfg(),
+        "zoo_vit_small_p16": vit_cfg(),
+        "zoo_vit_base_p16": vit_cfg(),
+        "zoo_vit_micro_p7.fmnist": published_cfg("zoo_vit_micro_p7.fmnist", fmnist_cfg()),
+        "zoo_vit_micro_p7": fmnist_cfg(),
+        "zoo_vit_micro_p7_r25.fmnist": published_cfg("zoo_vit_micro_p7_r25.fmnist", fmnist_cfg()),
+        "zoo_vit_micro_p7.fmnist_grown": published_cfg("zoo_vit_micro_p7.fmnist_grown", fmnist_cfg()),
+        "zoo_vit_micro_p7_r25.fmnist_grown": published_cfg("zoo_vit_micro_p7_r25.fmnist_grown", fmnist_cfg()),
+        "zoo_vit_micro_p4": fmnist_cfg(),
+        "zoo_vit_mini_p4": fmnist_cfg(),
     }
 )
 

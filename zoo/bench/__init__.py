@@ -1,0 +1,1 @@
+"""The benchmark harness: arm runner, statistics, reports, README sections and the suites."""

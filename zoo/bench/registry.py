@@ -1,0 +1,42 @@
+"""The suite registry: every ``zoo bench`` suite by name, and the issues' goals for its headline numbers.
+
+A suite measures side by side in one run and returns a JSON-safe summary whose headline keys the goals name
+(``bf16_speedup``, ``step_time_ratio``, ``train_speedup``, ...). ``quick`` suites take about two minutes and still
+measure real ratios (fewer rounds, fewer configurations, no multi-seed training); full suites add the
+configurations and the multi-seed accuracy arms. The suites register themselves from ``zoo.bench.suites``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+SUITES: dict[str, Callable[..., dict]] = {}
+
+# the issues' targets for each suite's headline numbers: (comparison, value)
+GOALS: dict[str, dict[str, tuple[str, float]]] = {
+    "overhead": {"step_time_ratio": ("<=", 1.03)},
+    "precision": {"bf16_speedup": (">=", 1.7)},
+    "routing": {
+        "train_speedup": (">=", 1.55),
+        "infer_speedup": (">=", 1.5),
+        "infer_speedup_b1": (">=", 0.95),
+        "acc_delta_equal_epochs": (">=", -0.5),  # routed c0.25 minus dense, points
+        "acc_delta_equal_time": (">", 0.0),
+    },
+    "unfreeze": {"frozen_half_speedup": (">=", 1.5)},
+    "memory": {"ckpt_mem_ratio": (">=", 3.0), "ckpt_time_ratio": ("<=", 1.35), "rev_depth_mem_ratio": ("<=", 1.2)},
+    "growth": {"speedup": (">=", 1.6), "acc_delta": (">=", -0.3), "acc_vs_control": (">", 0.0)},
+}
+
+GOALS["growth-long"] = GOALS["growth"]  # the same goals, checked at a length where the arms are nearly trained
+
+# growth given the dense run's time: ahead of dense, and the time really equal (within this machine's ~5% noise)
+GOALS["growth-equal-time"] = {"time_ratio": ("<=", 1.05), "acc_delta_equal_time": (">", 0.0)}
+
+
+def suite(name: str):
+    def deco(fn):
+        SUITES[name] = fn
+        return fn
+
+    return deco

@@ -1,0 +1,7 @@
+"""The benchmark suites, one module per family; importing this package registers every suite in
+``zoo.bench.registry.SUITES``."""
+
+from zoo.bench.registry import GOALS, SUITES
+from zoo.bench.suites import growth, memory, routing, speed, unfreeze  # noqa: F401  (each registers its suites)
+
+__all__ = ["GOALS", "SUITES"]

@@ -1,0 +1,39 @@
+"""The ``zoo`` command: the parser assembled from the command-group modules, and the exit codes.
+
+Input errors (recipe, data, model files) exit with code 2 and a message naming the file and field; nothing is written
+before the inputs have been checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from zoo.cli import measure, publish, train
+
+EXIT_INPUT_ERROR = 2
+EXIT_NONFINITE = 3
+COMMAND_GROUPS = (train, measure, publish)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="zoo", description="growzoo: efficient ViTs for timm (growth, unfreezing, routing)"
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    for group in COMMAND_GROUPS:
+        group.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args) or 0
+    except (ValueError, FileNotFoundError) as e:
+        # RecipeError, DataError and ModelLoadError are ValueErrors whose message names the file and the field
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    except FloatingPointError as e:  # non-finite loss under train.nonfinite: stop (the last good checkpoint is kept)
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_NONFINITE

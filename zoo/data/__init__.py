@@ -1,0 +1,1 @@
+"""Datasets (in-memory tensors for small data) and the batched augmentation pipeline."""

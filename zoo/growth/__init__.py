@@ -1,0 +1,1 @@
+"""Growth operators and their parameter maps (pure: they return old -> new maps)."""

@@ -1,0 +1,1 @@
+"""Measurement: one stopwatch, one measurement step, FLOPs, memory, profile, memory plan, model comparison."""

@@ -1,0 +1,1 @@
+"""Blocks and layers: attention and its variants, the pre-norm block, token routing, stems, activation checkpointing."""

@@ -1,0 +1,1 @@
+"""Publishing: export of a run to a hub folder, model cards, reproduce."""

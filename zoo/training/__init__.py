@@ -1,0 +1,2 @@
+"""Recipe, values over training, freezing, precision, stage plan, model/optimizer building, the trainer, the run
+folder, run checkpoints and evaluation."""

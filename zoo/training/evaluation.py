@@ -1,0 +1,101 @@
+"""Evaluation: the one loop (top-1 and mean loss over labelled batches), used during training (batches sharded by
+Accelerate, gathered across processes) and outside it (``zoo eval``: any model source on a dataset's test split)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+
+from zoo.data.datasets import DataError, build_datasets
+from zoo.data.pipeline import normalize
+from zoo.hub import load_model
+
+
+def fit_resolution(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Resize a normalized batch to the model's current input size (resolution growth trains small images first)."""
+    if size is None or (x.shape[-1] == size and x.shape[-2] == size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    mean,
+    std,
+    gather: Callable | None = None,
+) -> dict:
+    """Top-1 accuracy and mean cross-entropy of ``model`` over uint8 image batches.
+
+    Args:
+        batches: ``(x uint8 (B, C, H, W), y int64 (B,))`` pairs.
+        gather: ``Accelerator.gather_for_metrics`` when the batches are this process's shard (every process then
+            gets the totals over all of them, without the padding of the last batch); None in a single process.
+
+    Returns:
+        ``{"acc", "loss", "n"}``. The model's train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    size = getattr(getattr(model, "module", model), "model_args", {}).get("img_size")
+    correct = total = 0
+    loss_sum = 0.0
+    for x, y in batches:
+        logits = model(fit_resolution(normalize(x, mean, std), size)).float()
+        loss = F.cross_entropy(logits, y, reduction="sum")
+        preds, ys, losses = (logits.argmax(-1), y, loss.reshape(1))
+        if gather is not None:
+            preds, ys, losses = gather((preds, ys, losses))
+        correct += (preds == ys).sum().item()
+        total += ys.numel()
+        loss_sum += losses.sum().item()
+    model.train(was_training)
+    return {"acc": correct / max(total, 1), "loss": loss_sum / max(total, 1), "n": total}
+
+
+def tensor_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """In-memory tensors in order, ``batch_size`` at a time."""
+    for i in range(0, len(y), batch_size):
+        yield x[i : i + batch_size], y[i : i + batch_size]
+
+
+def check_input_fits(model, bundle, source: str) -> None:
+    """Image size and channels of the data must be what the model was built for."""
+    args = getattr(model, "model_args", {})
+    want_c, want_s = args.get("in_chans"), args.get("img_size")
+    if want_c is not None and want_c != bundle.in_chans:
+        raise DataError(f"{source}: model_args.in_chans: model takes {want_c} channels, data has {bundle.in_chans}")
+    if want_s is not None and want_s != bundle.img_size:
+        raise DataError(f"{source}: model_args.img_size: model takes {want_s} px, data is {bundle.img_size} px")
+
+
+def accuracy(model, x_uint8: torch.Tensor, y: torch.Tensor, mean, std, batch_size: int = 512) -> dict:
+    """``evaluate`` over in-memory tensors, leaving the model in eval mode."""
+    model.eval()
+    return evaluate(model, tensor_batches(x_uint8, y, batch_size), mean, std)
+
+
+def evaluate_source(
+    source: str, data: str, path: str | None = None, batch_size: int = 512, classes=None, test_subset=None
+) -> dict:
+    """Top-1 and loss of ``source`` on the test split; ``test_subset`` keeps the same deterministic class-balanced
+    subset a recipe's ``data.test_subset`` trains against (so `zoo demo --set data.test_subset=N` compares like
+    with like)."""
+    model = load_model(source)
+    bundle = build_datasets(
+        data,
+        path=path,
+        classes=classes,
+        test_subset=test_subset,
+        img_size=model.model_args.get("img_size"),
+        in_chans=model.model_args.get("in_chans"),
+    )
+    check_input_fits(model, bundle, source)
+    if model.num_classes != bundle.num_classes:
+        raise DataError(
+            f"{source}: num_classes: model predicts {model.num_classes} classes, data has {bundle.num_classes}"
+        )
+    return accuracy(model, bundle.test_x, bundle.test_y, bundle.mean, bundle.std, batch_size)

@@ -1,0 +1,471 @@
+"""The one training loop, on Hugging Face Accelerate: ``Trainer.fit`` reads as its plan.
+
+Numbers (LR, routing capacity) are recomputed from the step every step; structure (trainable groups, later growth)
+changes only at stage boundaries, on the unwrapped model, followed by an optimizer rebuild and a fresh ``prepare``.
+Everything a resumed run needs is either in the checkpoint (weights, optimizer, RNG, EMA) or a pure function of the
+recipe and the step (stage, LR, data order and augmentation), which is what makes resume bitwise exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from safetensors.torch import load_model as load_safetensors_model
+from safetensors.torch import save_model as save_safetensors_model
+from timm.utils import ModelEmaV3
+from tqdm.auto import tqdm
+
+from zoo.data.datasets import build_datasets
+from zoo.data.pipeline import make_loader, normalize, random_crop_flip
+from zoo.hub import save_model_folder, weights_hash
+from zoo.training import run_checkpoints as ckpt
+from zoo.training.budget import budget_boundaries
+from zoo.training.evaluation import evaluate, fit_resolution
+from zoo.training.freezing import set_group_lrs
+from zoo.training.precision import choose_precision
+from zoo.training.progress import lr_factor
+from zoo.training.recipe import SCHEMA_VERSION, Recipe, RecipeError
+from zoo.training.run_folder import PRECISION_FILE, RunFolder
+from zoo.training.stage_plan import StagePlan, apply_structure, build_model, build_optimizer, set_step_values
+from zoo.utils.manifest import collect_manifest, recipe_hash, write_json_atomic
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    final_acc: float
+    final_loss: float
+    steps: int
+    wall_clock_s: float
+    img_per_s: float
+
+
+def train(
+    recipe: Recipe,
+    out: str | Path,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> RunResult:
+    """Run (or resume) a recipe into ``out``. Returns the final evaluation.
+
+    ``stop_after`` ends the session after that many optimizer steps in total (with a checkpoint), for time-boxed
+    sessions; ``--resume`` continues it. It is not part of the recipe, so it does not change the run's identity.
+    """
+    return Trainer(recipe, out, resume=resume, force=force, progress=progress, stop_after=stop_after).fit()
+
+
+class Trainer:
+    """One run of a recipe into a run folder. ``fit`` is the plan; each step of it is a method below."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        out: str | Path,
+        resume: bool = False,
+        force: bool = False,
+        progress: bool = True,
+        stop_after: int | None = None,
+    ):
+        self.recipe, self.folder = recipe, RunFolder(out)
+        self.out = self.folder.path
+        self.resume, self.force, self.progress, self.stop_after = resume, force, progress, stop_after
+
+    # ------------------------------------------------------------------------------------------------- the plan
+    def fit(self) -> RunResult:
+        self.resuming = self.folder.prepare(self.recipe, self.resume, self.force)
+        if self.resuming and (done := self.folder.finished_result()) is not None:
+            # a finished run of this recipe: nothing to train, and its result must not be rewritten. Decided before
+            # any Accelerate or tracker state exists; every rank reads the same file, written in an earlier session.
+            keys = ("final_acc", "final_loss", "steps", "wall_clock_s", "img_per_s")
+            return RunResult(self.out, *(done[k] for k in keys))
+        self.set_up_data()
+        self.set_up_model()
+        self.open_run_files()
+        self.start_clock()
+        while self.step < self.total:
+            for micro_batches in self.epoch_batches():
+                self.train_step(micro_batches)
+                self.change_structure_or_log_event()
+                self.log_progress()
+                self.evaluate_if_due()
+                stopping = self.stop_after is not None and self.step >= self.stop_after
+                self.checkpoint_if_due(force=stopping)
+                if stopping and self.step < self.total:
+                    self.bar.close()
+                    return RunResult(self.out, *self.last, self.step, self.elapsed(), self.img_per_s())
+                if self.step >= self.total:
+                    break
+        return self.finish()
+
+    # ------------------------------------------------------------------------------------------------- set-up
+    def set_up_data(self) -> None:
+        """Data, precision, the Accelerator, both loaders and the run length."""
+        recipe, d = self.recipe, self.recipe.data
+        self.bundle = build_datasets(
+            d.name,
+            path=d.path,
+            classes=d.classes,
+            train_subset=d.train_subset,
+            test_subset=d.test_subset,
+            img_size=d.img_size,
+            in_chans=d.in_chans,
+        )
+        self.precision = resolve_precision(recipe, self.bundle, self.out, self.resuming)
+        self.acc = make_accelerator(recipe, self.out, self.precision)
+        set_seed(recipe.train.seed)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        per_step = self.acc.num_processes * recipe.train.accumulation
+        micro = d.batch_size // per_step
+        if micro < 1 or d.batch_size % per_step:
+            raise RecipeError(
+                "recipe", "data.batch_size", f"{d.batch_size} must be divisible by processes x accumulation"
+            )
+        b = self.bundle
+        loader = make_loader(
+            b.train_x, b.train_y, micro, shuffle=True, seed=recipe.train.seed, drop_last=True, num_workers=d.num_workers
+        )
+        self.train_loader = self.acc.prepare(loader)
+        eval_loader = make_loader(b.test_x, b.test_y, d.eval_batch_size, shuffle=False, seed=0, drop_last=False)
+        self.eval_loader = self.acc.prepare(eval_loader)
+        self.steps_per_epoch = len(self.train_loader) // recipe.train.accumulation
+        if self.steps_per_epoch < 1:
+            raise RecipeError("recipe", "data.batch_size", "larger than the training set")
+        self.total = recipe.schedule.steps or int(math.ceil(recipe.schedule.epochs * self.steps_per_epoch))
+
+    def set_up_model(self) -> None:
+        """Model, stage plan, the checkpoint to resume from, EMA and optimizer, prepared by Accelerate."""
+        recipe, acc = self.recipe, self.acc
+        model = build_model(recipe, self.bundle)
+        growth_at = None
+        g = recipe.growth
+        if g is not None and (g.budget_flops is not None or g.budget_seconds is not None):
+            growth_at = budget_boundaries(model, recipe, self.total, acc.num_processes, self.out)
+            set_seed(recipe.train.seed)  # measuring consumed random numbers; the run starts from the seed as usual
+            model = build_model(recipe, self.bundle)
+        self.plan = StagePlan.from_recipe(recipe, self.total, growth_at)
+        self.plan.validate(model)
+        self.start_step, self.state, folder = 0, None, None
+        if self.resuming:
+            folder = ckpt.latest_valid(self.folder.checkpoints)
+            if folder is not None:
+                self.state = ckpt.read_state(folder)
+                self.start_step = int(self.state["step"])
+        apply_structure(model, self.plan, self.start_step)
+        self.ema = ModelEmaV3(model, decay=recipe.train.ema) if recipe.train.ema else None
+        optimizer = build_optimizer(model, recipe)
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        if self.state is not None:
+            acc.load_state(str(folder))
+            if self.ema is not None:
+                load_safetensors_model(self.ema.module, str(folder / "ema.safetensors"))
+
+    def open_run_files(self) -> None:
+        """``recipe.yaml``, ``manifest.json``, the metrics log (cut back to the checkpoint) and the tracker."""
+        recipe, acc = self.recipe, self.acc
+        self.main = acc.is_main_process
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.log = self.folder.metrics_log(self.main)
+        if self.main:
+            extra = {"num_processes": acc.num_processes, "total_steps": self.total, "recipe_schema": SCHEMA_VERSION}
+            manifest = collect_manifest(recipe.identity(), seed=recipe.train.seed, extra=extra)
+            self.folder.write_start(recipe, manifest, self.resuming)
+            self.log.truncate_after(self.start_step)
+        if recipe.train.tracker:
+            acc.init_trackers(self.out.name, config={"recipe_hash": recipe_hash(recipe.identity())})
+
+    def start_clock(self) -> None:
+        """Step counters, the progress bar, and the wall-clock (a resumed run continues its checkpoint's clock)."""
+        recipe = self.recipe
+        self.warmup = int(recipe.schedule.warmup * self.total)
+        self.rewarm = int(recipe.schedule.rewarmup * self.total)
+        self.step = self.start_step
+        show = self.progress and self.main
+        self.bar = tqdm(total=self.total, initial=self.step, disable=not show, desc=self.out.name, dynamic_ncols=True)
+        self.prior_s = float(self.state.get("elapsed_s", 0.0)) if self.state is not None else 0.0
+        self.t0 = time.perf_counter() - self.prior_s
+        self.seen = 0
+        self.skipped_nonfinite = 0
+        self.last = (float("nan"), float("nan"))  # eval accuracy, eval loss
+        self.eval_every = max(1, int(round(recipe.train.eval_every * self.steps_per_epoch)))
+        self.ckpt_every = recipe.train.checkpoint_every or self.steps_per_epoch
+        self.after_event = self.plan.changes_at(self.step)  # resumed right after a boundary: its "loss after" is due
+        if self.step >= self.total:  # stopped between the last checkpoint and the result: evaluate the final weights
+            self.last = self.run_evaluation()
+        self.model.train()
+
+    # ------------------------------------------------------------------------------------------------- steps
+    def epoch_batches(self):
+        """The rest of the current epoch: per optimizer step, its micro-batches ``[(x, y, augmentation generator)]``.
+
+        The data order is a pure function of (seed, epoch) and the augmentation draws of (seed, epoch, position,
+        rank), so a run resumed mid-epoch skips to the same batch and draws the same crops and flips."""
+        acc, recipe = self.acc, self.recipe
+        acc_steps = recipe.train.accumulation
+        epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
+        self.train_loader.set_epoch(epoch)
+        loader = acc.skip_first_batches(self.train_loader, in_epoch * acc_steps) if in_epoch else self.train_loader
+        it = iter(loader)
+        for position in range(in_epoch, self.steps_per_epoch):
+            micro = []
+            for m in range(acc_steps):
+                x, y = next(it)
+                micro.append(
+                    (x, y, augment_generator(recipe.train.seed, epoch, position * acc_steps + m, acc.process_index))
+                )
+            yield micro
+
+    def train_step(self, micro_batches: list) -> None:
+        """Forward and backward of every micro-batch, clipping, the non-finite check, the optimizer and EMA update."""
+        recipe, acc, model = self.recipe, self.acc, self.model
+        d = recipe.data
+        set_step_values(acc.unwrap_model(model), self.plan, self.step)
+        self.lr = recipe.optim.lr * lr_factor(
+            self.step, self.total, self.warmup, recipe.schedule.min_lr_ratio, self.plan.rewarm_steps(), self.rewarm
+        )
+        set_group_lrs(self.optimizer, self.lr)
+        n = len(micro_batches)
+        loss_sum = 0.0
+        for m, (x, y, gen) in enumerate(micro_batches):
+            x = normalize(random_crop_flip(x, gen, d.crop_pad, d.flip), self.bundle.mean, self.bundle.std)
+            x = fit_resolution(x, acc.unwrap_model(model).model_args["img_size"])
+            sync = acc.no_sync(model) if m < n - 1 else contextlib.nullcontext()
+            with sync:
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.train.label_smoothing)
+                acc.backward(loss / n)
+            loss_sum += loss.detach().float() / n
+            self.seen += x.shape[0] * acc.num_processes
+        self.loss = loss_sum
+        # clipping returns the total norm, which doubles as the non-finite check (max_norm inf = no clipping)
+        norm = acc.clip_grad_norm_(model.parameters(), recipe.optim.clip_grad or float("inf"))
+        if not _finite_everywhere(acc, loss_sum, norm):
+            if recipe.train.nonfinite == "stop":
+                self.bar.close()
+                raise FloatingPointError(
+                    f"non-finite loss or gradient at step {self.step}: stopping; the last good checkpoint in "
+                    f"{self.folder.checkpoints} is kept (resume with --resume, or set train.nonfinite: skip)"
+                )
+            self.skipped_nonfinite += 1
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update(acc.unwrap_model(model), step=self.step)
+        self.step += 1
+        self.bar.update(1)
+
+    # -------------------------------------------------------------------------------------------- after a step
+    def change_structure_or_log_event(self) -> None:
+        """Structure changes between steps, before the checkpoint of this step, so a checkpoint always holds the
+        structure (and optimizer layout) of the step it resumes at; the loss right after a change is logged too."""
+        step = self.step
+        if self.plan.changes_at(step) and step < self.total:
+            self.model, self.optimizer, self.ema = self.plan.restructure(
+                self.acc, self.model, self.optimizer, self.ema, step, self.recipe
+            )
+            check_ranks_identical(self.acc, self.acc.unwrap_model(self.model), f"stage boundary at step {step}")
+            self.log.write({"step": step, "event": self.plan.describe(step), "loss_before": float(self.loss)})
+            self.after_event = True
+        elif self.after_event:
+            self.log.write({"step": step, "loss_after_event": float(self.loss)})
+            self.after_event = False
+
+    def log_progress(self) -> None:
+        step = self.step
+        if step % self.recipe.train.log_every and step != self.total:
+            return
+        loss_val = self.acc.gather(self.loss.reshape(1)).mean().item()
+        ips = self.img_per_s()
+        rec = {
+            "step": step,
+            "epoch": step / self.steps_per_epoch,
+            "loss": loss_val,
+            "lr": self.lr,
+            "img_per_s": ips,
+            "time_s": time.perf_counter() - self.t0,
+            "skipped_nonfinite": self.skipped_nonfinite,
+        }
+        self.log.write(rec)
+        self.bar.set_postfix(loss=f"{loss_val:.3f}", acc=f"{self.last[0]:.3f}", ips=f"{ips:.0f}")
+        if self.recipe.train.tracker:
+            self.acc.log(rec, step=step)
+
+    def evaluate_if_due(self) -> None:
+        step = self.step
+        if step % self.eval_every and step != self.total:
+            return
+        self.last = self.run_evaluation()
+        rec = {"eval_acc": self.last[0], "eval_loss": self.last[1]}
+        self.log.write({"step": step, "epoch": step / self.steps_per_epoch, **rec, "time_s": self.elapsed()})
+        self.bar.set_postfix(acc=f"{self.last[0]:.4f}")
+
+    def run_evaluation(self) -> tuple[float, float]:
+        """Accuracy and loss of the evaluated model (the EMA when the recipe keeps one) on the eval split."""
+        model = self.ema.module if self.ema is not None else self.model
+        res = evaluate(model, self.eval_loader, self.bundle.mean, self.bundle.std, gather=self.acc.gather_for_metrics)
+        self.model.train()
+        return res["acc"], res["loss"]
+
+    def checkpoint_if_due(self, force: bool = False) -> None:
+        if self.step % self.ckpt_every == 0 or self.step == self.total or force:
+            save_checkpoint(
+                self.acc, self.model, self.ema, self.folder.checkpoints, self.step, self.plan, self.recipe,
+                self.elapsed(),
+            )  # fmt: skip
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def img_per_s(self) -> float:
+        """This session's images over this session's time (a resumed run's clock includes earlier sessions)."""
+        return self.seen / max(self.elapsed() - self.prior_s, 1e-9)
+
+    # ------------------------------------------------------------------------------------------------- finish
+    def finish(self) -> RunResult:
+        """The evaluated weights as a hub folder (carrying the data's normalisation and labels) and ``result.json``."""
+        acc, recipe, bundle = self.acc, self.recipe, self.bundle
+        self.bar.close()
+        check_ranks_identical(acc, acc.unwrap_model(self.model), "end of training")
+        wall = self.elapsed()
+        final_model = self.ema.module if self.ema is not None else acc.unwrap_model(self.model)
+        final_model.pretrained_cfg = {
+            **getattr(final_model, "pretrained_cfg", {}),
+            "mean": tuple(bundle.mean),
+            "std": tuple(bundle.std),
+            "num_classes": bundle.num_classes,
+            "label_names": list(bundle.class_names or []),
+        }
+        if self.main:
+            save_model_folder(final_model, self.folder.model, metadata={"recipe_hash": recipe_hash(recipe.identity())})
+            self.folder.write_result(
+                {
+                    "final_acc": self.last[0],
+                    "final_loss": self.last[1],
+                    "steps": self.total,
+                    "wall_clock_s": wall,
+                    # None when this session trained nothing (it only re-evaluated): no throughput was measured
+                    "img_per_s": self.img_per_s() if self.seen else None,
+                    "resumed_from": self.start_step,
+                    "precision": self.precision,
+                    "test_images": len(bundle.test_y),
+                    "num_processes": acc.num_processes,
+                    **peak_memory(),
+                }
+            )
+        acc.wait_for_everyone()
+        if recipe.train.tracker:
+            acc.end_training()
+        return RunResult(self.out, *self.last, self.total, wall, self.seen / max(wall - self.prior_s, 1e-9))
+
+
+# ------------------------------------------------------------------------------------------------- the pieces
+def make_accelerator(recipe: Recipe, out: Path, precision: str) -> Accelerator:
+    cuda = torch.cuda.is_available()
+    if precision == "fp16" and not cuda:
+        raise RecipeError("recipe", "train.precision", "fp16 needs a CUDA GPU (Accelerate ignores it on CPU); use bf16")
+    mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    # Accelerate keeps one process-wide AcceleratorState and refuses a second Accelerator with another precision;
+    # a process may train several runs (bench, tests), so start each from a fresh state (the process group stays)
+    AcceleratorState._reset_state()
+    dl_cfg = DataLoaderConfiguration(use_seedable_sampler=True, data_seed=recipe.train.seed)
+    acc = Accelerator(
+        mixed_precision=mp,
+        cpu=not cuda,
+        dataloader_config=dl_cfg,
+        log_with=recipe.train.tracker,
+        project_dir=str(out),
+    )
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and acc.num_processes != world:
+        # an Accelerator that does not join torchrun's group would train independent copies without any error
+        # (seen with Accelerator() lacking cpu=True on a GPU-less machine); we pass cpu=True there, this guards the rest
+        raise RuntimeError(
+            f"launched with WORLD_SIZE={world} but Accelerate sees {acc.num_processes} process(es): on CPU launch with "
+            "`ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N -m zoo.cli train ...` so the processes form one group"
+        )
+    return acc
+
+
+def resolve_precision(recipe: Recipe, bundle, out: Path, resuming: bool) -> str:
+    """The recipe's precision; for ``auto``, measured once and recorded so a resumed run keeps the same choice."""
+    if recipe.train.precision != "auto":
+        return recipe.train.precision
+    record = out / PRECISION_FILE
+    if resuming and record.exists():
+        return json.loads(record.read_text())["precision"]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise RecipeError("recipe", "train.precision", "auto is measured in a single process; set fp32 or bf16")
+
+    set_seed(recipe.train.seed)
+    micro = recipe.data.batch_size // recipe.train.accumulation
+    choice, ratio = choose_precision(build_model(recipe, bundle), micro)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(record, {"precision": choice, "measured_bf16_speedup": ratio, "micro_batch": micro})
+    print(f"precision auto: bf16 step {ratio:.2f}x fp32 at micro-batch {micro} -> {choice}")
+    return choice
+
+
+def augment_generator(seed: int, epoch: int, micro_step: int, rank: int) -> torch.Generator:
+    """Augmentation randomness as a pure function of position, so resume reproduces it exactly."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_003 + micro_step) * 131 + rank)
+
+
+def save_checkpoint(
+    acc: Accelerator, model, ema, ckpt_dir: Path, step: int, plan: StagePlan, recipe: Recipe, elapsed_s: float
+) -> None:
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt.temp_folder(ckpt_dir, step) if acc.is_main_process else ckpt_dir / f".tmp-{ckpt.checkpoint_name(step)}"
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp))
+    acc.wait_for_everyone()  # every rank's random_states_<rank>.pkl is in tmp before the main process renames it
+    if acc.is_main_process:
+        if ema is not None:
+            save_safetensors_model(ema.module, str(tmp / "ema.safetensors"))
+        state = {"step": step, "stage": plan.describe(step), "recipe_hash": recipe_hash(recipe.identity()),
+                 "elapsed_s": elapsed_s}  # fmt: skip
+        ckpt.finalize(tmp, ckpt_dir, step, state, recipe.train.keep_checkpoints)
+    acc.wait_for_everyone()
+
+
+def check_ranks_identical(acc: Accelerator, model, where: str) -> None:
+    """All processes hold bitwise-identical parameters (checked at structure changes and at the end)."""
+    if acc.num_processes == 1:
+        return
+    digest = torch.tensor([float(int(weights_hash(model)[:12], 16))], dtype=torch.float64, device=acc.device)
+    digests = acc.gather(digest)
+    if not torch.all(digests == digests[0]):
+        raise RuntimeError(f"{where}: parameters differ between processes (digests {digests.tolist()})")
+
+
+def peak_memory() -> dict:
+    """This process's peak memory: CUDA peak allocated, and on Linux the RSS high-water mark (VmHWM), which an exec
+    resets (unlike ``ru_maxrss``, which a child inherits from the process that forked it)."""
+    res = {}
+    if torch.cuda.is_available():
+        res["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
+    try:
+        with open("/proc/self/status") as f:
+            res["peak_rss_bytes"] = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        pass
+    return res
+
+
+def _finite_everywhere(acc: Accelerator, loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
+    """Loss and gradient norm finite on every process (one all-reduce, so all ranks take the same branch)."""
+    bad = (~torch.isfinite(loss.detach().float())).float() + (~torch.isfinite(grad_norm.detach().float())).float()
+    return acc.reduce(bad.reshape(1), reduction="sum").item() == 0

@@ -1,0 +1,1 @@
+"""Small utilities shared by every layer: run manifests and atomic JSON writes, units, fault injection."""
