@@ -23,7 +23,7 @@ from zoo.nn.activation_checkpointing import checkpoint_context_fn
 from zoo.nn.attention import check_routing, resolve_attn_args
 from zoo.nn.block import Block
 from zoo.nn.routing import RoutedBlock, resolve_route_plan
-from zoo.nn.stems import make_stem
+from zoo.nn.stems import default_stem_width, make_stem
 
 
 def check_global_pool(global_pool: str, class_token: bool) -> None:
@@ -105,6 +105,7 @@ class ZooViT(nn.Module):
         attn_type: str = "dense",
         attn_args: dict | None = None,
         stem: str = "patch",
+        stem_width: int | None = None,
         weight_init: str = "",
     ):
         super().__init__()
@@ -139,6 +140,8 @@ class ZooViT(nn.Module):
             attn_type=attn_type,
             attn_args=attn_args,
             stem=stem,
+            # resolved, so a saved config.json rebuilds the same stem whatever embed_dim has grown to since
+            stem_width=stem_width or default_stem_width(stem, embed_dim),
         )
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -149,7 +152,7 @@ class ZooViT(nn.Module):
         self.checkpoint_policy = "full"
         self.no_grad_prefix = -1
 
-        self.patch_embed = make_stem(stem, img_size, patch_size, in_chans, embed_dim)
+        self.patch_embed = make_stem(stem, img_size, patch_size, in_chans, embed_dim, self.model_args["stem_width"])
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None

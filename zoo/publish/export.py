@@ -125,17 +125,9 @@ def data_meta(recipe) -> dict:
 
 
 def hardware() -> dict:
-    """The machine the profile is measured on (the manifest's fields, without its git calls)."""
-    import platform
-
-    t = mf._torch_info()
+    """The machine the profile is measured on (the manifest's machine fields, without its git calls)."""
     return {
-        "cpu_model": mf._cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": mf._cpu_affinity(),
-        "gpus": t["gpus"],
-        "torch_threads": {"num_threads": t["num_threads"], "num_interop_threads": t["num_interop_threads"]},
-        "platform": platform.platform(),
+        **mf.machine_info(),
         "versions": {d: mf.package_version(d) for d in mf.PACKAGES},
         "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }

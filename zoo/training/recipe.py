@@ -19,8 +19,13 @@ import yaml
 # The recipe schema's version, recorded in every run's manifest. Fields added after version 1, with the version that
 # added them and their neutral value: the value that reproduces the behaviour from before the field existed. A field's
 # neutral value never changes once released (it is part of the identity of every run recorded before it).
-SCHEMA_VERSION = 1
-ADDED_FIELDS: dict[str, tuple[int, Any]] = {}
+SCHEMA_VERSION = 2
+ADDED_FIELDS: dict[str, tuple[int, Any]] = {
+    "data.val_split": (2, None),
+    "schedule.decay": (2, "cosine"),
+    "schedule.hold": (2, 0.0),
+    "train.ema_warmup": (2, False),
+}
 
 
 class RecipeError(ValueError):
@@ -50,6 +55,9 @@ class DataConfig:
     classes: list[int] | None = None
     train_subset: int | None = None
     test_subset: int | None = None
+    # hold out this many training images (a stratified, seed-independent split) and evaluate on them instead of the
+    # test split: every choice of setting is made on it, the test split only reports
+    val_split: int | None = None
     batch_size: int = 128
     eval_batch_size: int = 512
     crop_pad: int = 2
@@ -77,6 +85,8 @@ class ScheduleConfig:
     steps: int | None = None  # overrides epochs when set
     warmup: float = 0.05  # fraction of total steps
     min_lr_ratio: float = 0.0
+    decay: str = "cosine"  # cosine | linear: the shape of the decay from the peak LR to min_lr_ratio
+    hold: float = 0.0  # fraction of total steps held at the peak LR after warmup (warmup-stable-decay when > 0)
     rewarmup: float = 0.0  # fraction of total steps re-warmed after each growth
 
 
@@ -87,6 +97,8 @@ class TrainConfig:
     accumulation: int = 1
     label_smoothing: float = 0.1
     ema: float | None = None  # EMA decay, e.g. 0.999; evaluated and exported when set
+    # EMA decay warm-up (timm ModelEmaV3: decay 1 - (1 + step)^-2/3, capped at `ema`), so it does not lag a short run
+    ema_warmup: bool = False
     eval_every: float = 1.0  # epochs
     log_every: int = 50  # steps
     checkpoint_every: int | None = None  # steps; None = end of each epoch
@@ -334,6 +346,10 @@ def _check_schedule(s: ScheduleConfig, err) -> None:
         raise err("schedule.steps", f"must be > 0, got {s.steps}")
     if not 0 <= s.warmup < 1:
         raise err("schedule.warmup", f"must be a fraction in [0, 1), got {s.warmup}")
+    if s.decay not in ("cosine", "linear"):
+        raise err("schedule.decay", f"must be 'cosine' or 'linear', got {s.decay!r}")
+    if not 0 <= s.hold < 1 or s.warmup + s.hold >= 1:
+        raise err("schedule.hold", f"must be a fraction in [0, 1) with warmup + hold < 1, got {s.hold}")
 
 
 def _check_train(t: TrainConfig, err) -> None:
@@ -354,6 +370,8 @@ def _check_train(t: TrainConfig, err) -> None:
 def _check_data(d: DataConfig, t: TrainConfig, err) -> None:
     if d.batch_size < 1:
         raise err("data.batch_size", f"must be >= 1, got {d.batch_size}")
+    if d.val_split is not None and d.val_split < 1:
+        raise err("data.val_split", f"must be >= 1 (images held out of the training set), got {d.val_split}")
     if d.batch_size % t.accumulation:
         raise err("train.accumulation", f"must divide data.batch_size ({d.batch_size})")
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import timm
 import torch
+from timm.utils import ModelEmaV3
 from torch import nn
 
 from zoo.growth.operators import grow
@@ -231,10 +232,8 @@ class StagePlan:
             if g.optimizer_state == "reset":
                 state = {}
             if ema is not None:
-                from timm.utils import ModelEmaV3
-
                 fresh = raw.state_dict()
-                ema = ModelEmaV3(raw, decay=ema.decay)
+                ema = ModelEmaV3(raw, decay=ema.decay, use_warmup=ema.use_warmup)
                 ema.module.load_state_dict({**fresh, **ema_state})
         apply_structure(raw, self, step)
         acc.free_memory()  # drop Accelerate's references so prepare() wraps the changed model again

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from zoo.data.datasets import build_datasets
 from zoo.data.pipeline import make_loader, normalize, random_crop_flip
 from zoo.hub import save_model_folder, weights_hash
+from zoo.measure.machine import gemm_peaks_gflops
 from zoo.training import run_checkpoints as ckpt
 from zoo.training.budget import budget_boundaries
 from zoo.training.evaluation import evaluate, fit_resolution
@@ -38,7 +39,7 @@ from zoo.training.progress import lr_factor
 from zoo.training.recipe import SCHEMA_VERSION, Recipe, RecipeError
 from zoo.training.run_folder import PRECISION_FILE, RunFolder
 from zoo.training.stage_plan import StagePlan, apply_structure, build_model, build_optimizer, set_step_values
-from zoo.utils.manifest import collect_manifest, recipe_hash, write_json_atomic
+from zoo.utils.manifest import collect_manifest, cpu_capability, recipe_hash, write_json_atomic
 
 
 @dataclass
@@ -122,6 +123,7 @@ class Trainer:
             test_subset=d.test_subset,
             img_size=d.img_size,
             in_chans=d.in_chans,
+            val_split=d.val_split,
         )
         self.precision = resolve_precision(recipe, self.bundle, self.out, self.resuming)
         self.acc = make_accelerator(recipe, self.out, self.precision)
@@ -164,7 +166,8 @@ class Trainer:
                 self.state = ckpt.read_state(folder)
                 self.start_step = int(self.state["step"])
         apply_structure(model, self.plan, self.start_step)
-        self.ema = ModelEmaV3(model, decay=recipe.train.ema) if recipe.train.ema else None
+        t = recipe.train
+        self.ema = ModelEmaV3(model, decay=t.ema, use_warmup=t.ema_warmup) if t.ema else None
         optimizer = build_optimizer(model, recipe)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         if self.state is not None:
@@ -179,7 +182,12 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self.log = self.folder.metrics_log(self.main)
         if self.main:
-            extra = {"num_processes": acc.num_processes, "total_steps": self.total, "recipe_schema": SCHEMA_VERSION}
+            extra = {
+                "num_processes": acc.num_processes,
+                "total_steps": self.total,
+                "recipe_schema": SCHEMA_VERSION,
+                "gemm_peak_gflops": gemm_peaks_gflops(),
+            }
             manifest = collect_manifest(recipe.identity(), seed=recipe.train.seed, extra=extra)
             self.folder.write_start(recipe, manifest, self.resuming)
             self.log.truncate_after(self.start_step)
@@ -191,6 +199,7 @@ class Trainer:
         recipe = self.recipe
         self.warmup = int(recipe.schedule.warmup * self.total)
         self.rewarm = int(recipe.schedule.rewarmup * self.total)
+        self.hold = int(recipe.schedule.hold * self.total)
         self.step = self.start_step
         show = self.progress and self.main
         self.bar = tqdm(total=self.total, initial=self.step, disable=not show, desc=self.out.name, dynamic_ncols=True)
@@ -232,9 +241,11 @@ class Trainer:
         recipe, acc, model = self.recipe, self.acc, self.model
         d = recipe.data
         set_step_values(acc.unwrap_model(model), self.plan, self.step)
+        sch = recipe.schedule
         self.lr = recipe.optim.lr * lr_factor(
-            self.step, self.total, self.warmup, recipe.schedule.min_lr_ratio, self.plan.rewarm_steps(), self.rewarm
-        )
+            self.step, self.total, self.warmup, sch.min_lr_ratio, self.plan.rewarm_steps(), self.rewarm, sch.decay,
+            self.hold,
+        )  # fmt: skip
         set_group_lrs(self.optimizer, self.lr)
         n = len(micro_batches)
         loss_sum = 0.0
@@ -362,7 +373,10 @@ class Trainer:
                     "resumed_from": self.start_step,
                     "precision": self.precision,
                     "test_images": len(bundle.test_y),
+                    "eval_split": bundle.eval_split,  # "val" when the recipe held out data.val_split images
                     "num_processes": acc.num_processes,
+                    "cpu_capability": cpu_capability(),
+                    "gemm_peak_gflops": gemm_peaks_gflops(),
                     **peak_memory(),
                 }
             )

@@ -137,6 +137,32 @@ def _torch_info() -> dict[str, Any]:
     }
 
 
+def cpu_capability() -> str | None:
+    """torch's CPU kernel level (``"AVX512"``, ``"AVX2"``, ``"DEFAULT"``, ...): fp32 matmuls run several times faster
+    with AVX-512 and bf16 is native there (on AVX2 it is ~40x slower than fp32), so timings from machines of different
+    capability are not comparable."""
+    try:
+        import torch
+
+        return torch.backends.cpu.get_cpu_capability()
+    except (ImportError, AttributeError):
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine a measurement runs on: CPU model, capability, cores, torch threads, GPUs and platform."""
+    t = _torch_info()
+    return {
+        "cpu_model": _cpu_model(),
+        "cpu_capability": cpu_capability(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": _cpu_affinity(),
+        "gpus": t["gpus"],
+        "torch_threads": {"num_threads": t["num_threads"], "num_interop_threads": t["num_interop_threads"]},
+        "platform": platform.platform(),
+    }
+
+
 def _git(args: list[str], cwd: str | os.PathLike) -> str | None:
     """Run a read-only git command; ``None`` if git is missing, not a repo, or anything else goes wrong."""
     try:
@@ -187,8 +213,8 @@ def collect_manifest(
         A JSON-serializable dict with keys ``seed``, ``recipe_hash``, ``created_at`` (UTC ISO 8601), ``versions``
         (distribution -> version or ``None``), ``python``, ``platform``, ``machine``, ``torch_threads``
         (``num_threads``, ``num_interop_threads``), ``thread_env`` (OMP/MKL/OpenBLAS env vars or ``None``),
-        ``cpu_model``, ``cpu_count``, ``cpu_affinity``, ``gpus`` (list of names), ``git_sha``, ``git_dirty``,
-        plus the ``extra`` fields.
+        ``cpu_model``, ``cpu_capability``, ``cpu_count``, ``cpu_affinity``, ``gpus`` (list of names), ``git_sha``,
+        ``git_dirty``, plus the ``extra`` fields.
 
     Raises:
         ValueError: If an ``extra`` key collides with a collected field.
@@ -210,6 +236,7 @@ def collect_manifest(
         },
         "thread_env": {name: os.environ.get(name) for name in _THREAD_ENV},
         "cpu_model": _cpu_model(),
+        "cpu_capability": cpu_capability(),
         "cpu_count": os.cpu_count(),
         "cpu_affinity": _cpu_affinity(),
         "gpus": torch_info["gpus"],
