@@ -126,6 +126,7 @@ def run_arms(
                 "seed": seed,
                 "acc": result["final_acc"],
                 "wall_clock_s": result["wall_clock_s"],
+                "steps": result["steps"],
                 "img_per_s": result["img_per_s"],
                 "peak_mem_bytes": peak,
                 "curve": eval_curve(read_records(run_dir / METRICS_FILE)),

@@ -86,14 +86,23 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------- the plan
     def fit(self) -> RunResult:
+        with self.folder.lock():
+            return self._fit()
+
+    def _fit(self) -> RunResult:
         self.resuming = self.folder.prepare(self.recipe, self.resume, self.force)
         if self.resuming and (done := self.folder.finished_result()) is not None:
             # a finished run of this recipe: nothing to train, and its result must not be rewritten. Decided before
             # any Accelerate or tracker state exists; every rank reads the same file, written in an earlier session.
             keys = ("final_acc", "final_loss", "steps", "wall_clock_s", "img_per_s")
             return RunResult(self.out, *(done[k] for k in keys))
-        self.set_up_data()
-        self.set_up_model()
+        try:
+            self.set_up_data()
+            self.set_up_model()
+        except BaseException:  # a forced rerun that cannot start gives the old run back
+            self.folder.restore_set_aside()
+            raise
+        self.folder.discard_set_aside()
         self.open_run_files()
         self.start_clock()
         while self.step < self.total:
