@@ -218,3 +218,46 @@ def test_kill_before_prune_damaged_latest_and_several_resumes(references, tmp_pa
     assert "skipping damaged checkpoint" not in err
     assert json.loads((out / "result.json").read_text())["resumed_from"] == 8
     assert_matches_reference(out, references["plain"])
+
+
+def _flip_a_weight_byte(folder: Path) -> None:
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-9] ^= 0xFF  # inside the tensor data: the header (and so the structural check) stays intact
+    weights.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "flipped weight byte": _flip_a_weight_byte,
+    "deleted RNG state": lambda folder: (folder / "random_states_0.pkl").unlink(),
+    "truncated optimizer state": lambda folder: (folder / "optimizer.bin").write_bytes(b"\0" * 16),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_newest_checkpoint_falls_back_to_an_intact_one(references, tmp_path, damage):
+    """Each file of a checkpoint is hashed when it is written: damage that Accelerate would load silently (a flipped
+    weight byte, a deleted RNG state, which Accelerate's load_state only logs) is caught, the newest intact checkpoint
+    is used with a warning naming the file, and the run ends bitwise equal to the uninterrupted one."""
+    recipe, out = write_recipe(tmp_path, "plain"), tmp_path / "run"
+    rc, err = run(recipe, out, "--stop-after", "8")
+    assert rc == 0, err[-3000:]
+    assert checkpoint_steps(out) == [6, 8]
+    newest = out / "checkpoints" / ckpt.checkpoint_name(8)
+    DAMAGE[damage](newest)
+    assert ckpt.is_valid(newest) is not None
+    err = resume_to_end(recipe, out)
+    assert "skipping damaged checkpoint" in err and ckpt.checkpoint_name(8) in err, err[-3000:]
+    assert json.loads((out / "result.json").read_text())["resumed_from"] == 6
+    assert_matches_reference(out, references["plain"])
+
+
+def test_resume_without_any_intact_checkpoint_says_it_starts_from_step_0(references, tmp_path):
+    recipe, out = write_recipe(tmp_path, "plain"), tmp_path / "run"
+    assert run(recipe, out, "--stop-after", "4")[0] == 0
+    for folder in ckpt.list_checkpoints(out / "checkpoints"):
+        _flip_a_weight_byte(folder)
+    rc, _ = run(recipe, out, "--resume")
+    stdout = sorted(out.parent.glob(f"{out.name}.*.stdout"))[-1].read_text()
+    assert rc == 0 and "starting from step 0" in stdout
+    assert_matches_reference(out, references["plain"])

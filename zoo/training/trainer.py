@@ -174,6 +174,8 @@ class Trainer:
             if folder is not None:
                 self.state = ckpt.read_state(folder)
                 self.start_step = int(self.state["step"])
+            else:  # same recipe, same seed: the run from step 0 is the run that was interrupted, just longer
+                print(f"note: {self.folder.checkpoints}: no intact checkpoint to resume from; starting from step 0")
         apply_structure(model, self.plan, self.start_step)
         t = recipe.train
         self.ema = ModelEmaV3(model, decay=t.ema, use_warmup=t.ema_warmup) if t.ema else None
