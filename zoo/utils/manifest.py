@@ -163,11 +163,17 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+# the folder holding the `zoo` package: a git checkout in development, site-packages after a wheel install
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+
+
 def _git(args: list[str], cwd: str | os.PathLike) -> str | None:
     """Run a read-only git command; ``None`` if git is missing, not a repo, or anything else goes wrong."""
     try:
         proc = subprocess.run(
-            ["git", *args],
+            # a repository's own config can name programs that `git status` runs (core.fsmonitor, hooks): turn
+            # them off, and take no optional locks (a read-only query must not write the index)
+            ["git", "--no-optional-locks", "-c", "core.fsmonitor=false", "-c", f"core.hooksPath={os.devnull}", *args],
             cwd=cwd,
             capture_output=True,
             text=True,
@@ -180,7 +186,9 @@ def _git(args: list[str], cwd: str | os.PathLike) -> str | None:
 
 
 def git_state(cwd: str | os.PathLike | None = None) -> tuple[str | None, bool | None]:
-    """Commit sha and dirty flag of the git repository containing ``cwd`` (default: the current directory).
+    """Commit sha and dirty flag of the git repository containing ``cwd`` (default: the checkout the zoo package
+    runs from, which is the code a run's numbers depend on; not the working directory, which may be anyone's
+    repository, with a config that names programs to run).
 
     "Dirty" means tracked files differ from HEAD; untracked files are ignored (run outputs, scratch files) since
     they rarely affect what was run and would make every working tree look dirty.
@@ -188,7 +196,7 @@ def git_state(cwd: str | os.PathLike | None = None) -> tuple[str | None, bool | 
     Returns:
         ``(sha, dirty)``, or ``(None, None)`` outside a repository or without git.
     """
-    cwd = os.getcwd() if cwd is None else cwd
+    cwd = PACKAGE_ROOT if cwd is None else cwd
     sha = _git(["rev-parse", "HEAD"], cwd)
     if sha is None:
         return None, None
