@@ -35,6 +35,8 @@ from zoo.training.run_folder import (
     read_records,
 )
 from zoo.utils import manifest as mf
+from zoo.utils.atomic_dir import recover_replaced, replace_dir
+from zoo.utils.faults import fault_point
 from zoo.utils.manifest import recipe_hash
 
 if TYPE_CHECKING:
@@ -238,6 +240,7 @@ def export_run(
     if weights_hash(run.model) != src_hash:
         raise ExportError(str(run_dir / MODEL_DIR / WEIGHTS_NAME), "weights_sha256", "loaded weights differ from it")
 
+    recover_replaced(out)  # a killed earlier export's leftovers: set-aside old folder restored, stale builds removed
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -275,11 +278,8 @@ def export_run(
             files=sorted([*(p.name for p in tmp.iterdir()), "README.md"]),
         )
         (tmp / "README.md").write_text(render_card(inputs))
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
+        fault_point("export_before_replace", 0)
+        replace_dir(tmp, out)  # `out` is the old or the new complete folder at every moment
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
