@@ -8,6 +8,7 @@ file of a timm/zoo ViT. Every failure names the file and the field.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 from pathlib import Path
@@ -187,10 +188,45 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
     ]
     if bad:
         raise ModelLoadError(source, "weights", "shape mismatch with config: " + "; ".join(bad[:3]))
+    # load_state_dict casts silently: int64 "weights" would load as floats and evaluate as garbage
+    bad = [f"{k}: file {state[k].dtype} vs model {v.dtype}" for k, v in own.items() if not _same_kind(state[k], v)]
+    if bad:
+        raise ModelLoadError(source, "weights", "dtype mismatch: " + "; ".join(bad[:3]))
     model.load_state_dict(state, strict=True)
 
 
+# Bounds on the sizes an untrusted config.json may ask for: far above any zoo model, far below what hangs a loader
+# (a depth of a million builds for minutes) or exhausts memory before the weights are even read.
+ARG_LIMITS = {"depth": (1, 256), "embed_dim": (1, 16384), "num_heads": (1, 512), "num_classes": (0, 1_000_000),
+              "img_size": (1, 8192), "patch_size": (1, 1024), "in_chans": (1, 64), "mlp_ratio": (0, 64),
+              "stem_width": (1, 4096), "reg_tokens": (0, 1024)}  # fmt: skip
+
+
+def check_model_args(arch: str, model_args: dict, source: str) -> None:
+    """Only the arguments the architecture records in its own ``model_args`` (what ``zoo export`` writes), each
+    within ``ARG_LIMITS``. ``timm.create_model`` also takes loader arguments (``checkpoint_path`` opens any file,
+    ``pretrained_cfg_overlay`` redirects downloads): from a downloaded folder they are refused."""
+    with torch.device("meta"):  # the default architecture's recorded arguments, without allocating its weights
+        reference = timm.create_model(arch, pretrained=False)
+    known = set(getattr(reference, "model_args", None) or inspect.signature(type(reference)).parameters)
+    known.add("num_classes")  # the head's size is stored beside model_args in config.json
+    for key, value in model_args.items():
+        if key not in known:
+            msg = f"not an argument {arch} records (known: {', '.join(sorted(known))})"
+            raise ModelLoadError(source, f"model_args.{key}", msg)
+        low, high = ARG_LIMITS.get(key, (None, None))
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if low is not None and any(isinstance(v, (int, float)) and not low <= v <= high for v in values):
+            raise ModelLoadError(source, f"model_args.{key}", f"{value!r} is outside [{low}, {high}]")
+
+
+def _same_kind(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Both floating point (fp32 / fp16 / bf16 weights load into any float model) or exactly the same dtype."""
+    return a.dtype == b.dtype or (a.is_floating_point() and b.is_floating_point())
+
+
 def _build(arch: str, model_args: dict, source: str, **overrides) -> nn.Module:
+    check_model_args(arch, model_args, source)
     kwargs = {**model_args, **overrides}
     try:
         return timm.create_model(arch, pretrained=False, **kwargs)
