@@ -50,6 +50,7 @@ class RunResult:
     steps: int
     wall_clock_s: float
     img_per_s: float
+    total_steps: int = 0  # the run's length: steps < total_steps after a session stopped early (--stop-after)
 
 
 def train(
@@ -95,7 +96,7 @@ class Trainer:
             # a finished run of this recipe: nothing to train, and its result must not be rewritten. Decided before
             # any Accelerate or tracker state exists; every rank reads the same file, written in an earlier session.
             keys = ("final_acc", "final_loss", "steps", "wall_clock_s", "img_per_s")
-            return RunResult(self.out, *(done[k] for k in keys))
+            return RunResult(self.out, *(done[k] for k in keys), done["steps"])
         try:
             self.set_up_data()
             self.set_up_model()
@@ -115,7 +116,7 @@ class Trainer:
                 self.checkpoint_if_due(force=stopping)
                 if stopping and self.step < self.total:
                     self.bar.close()
-                    return RunResult(self.out, *self.last, self.step, self.elapsed(), self.img_per_s())
+                    return RunResult(self.out, *self.last, self.step, self.elapsed(), self.img_per_s(), self.total)
                 if self.step >= self.total:
                     break
         return self.finish()
@@ -394,7 +395,8 @@ class Trainer:
         acc.wait_for_everyone()
         if recipe.train.tracker:
             acc.end_training()
-        return RunResult(self.out, *self.last, self.total, wall, self.seen / max(wall - self.prior_s, 1e-9))
+        ips = self.seen / max(wall - self.prior_s, 1e-9)
+        return RunResult(self.out, *self.last, self.total, wall, ips, self.total)
 
 
 # ------------------------------------------------------------------------------------------------- the pieces
