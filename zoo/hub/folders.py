@@ -7,6 +7,7 @@ file of a timm/zoo ViT. Every failure names the file and the field.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import inspect
 import json
@@ -240,6 +241,8 @@ def load_folder(folder: str | Path, **overrides) -> nn.Module:
     if not folder.is_dir():
         raise ModelLoadError(str(folder), "<folder>", "model folder not found")
     cfg_path = folder / CONFIG_NAME
+    if not cfg_path.exists() and (folder / "model" / CONFIG_NAME).is_file():  # a `zoo train --out` run folder
+        raise ModelLoadError(str(folder), "<folder>", f"a run folder; its model is {folder / 'model'}")
     cfg = read_config(cfg_path)
     args = dict(cfg.get("model_args", {}))
     if "num_classes" in cfg:
@@ -299,7 +302,19 @@ def load_model(source: str, **overrides) -> nn.Module:
         return _load_published(source, **overrides)
     if timm.is_model(source):
         return timm.create_model(source, **overrides)  # a bare architecture name: untrained, as in timm
-    raise ModelLoadError(source, "<source>", "not a folder, local-dir:/hf-hub: id, or registered model name")
+    close = difflib.get_close_matches(source, [*timm.list_models("zoo_*"), *PUBLISHED], n=3)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    raise ModelLoadError(source, "<source>", "not a folder, local-dir:/hf-hub: id, or registered model name" + hint)
+
+
+def default_published_tag(name: str) -> str | None:
+    """The published tag ``timm.create_model(name, pretrained=True)`` loads for a bare architecture name, or None
+    when the architecture has no published weights."""
+    try:
+        tag = timm.models.get_pretrained_cfg(name).tag
+    except (RuntimeError, AttributeError):
+        return None
+    return f"{name}.{tag}" if tag and f"{name}.{tag}" in PUBLISHED else None
 
 
 def _load_published(tag: str, **overrides) -> nn.Module:

@@ -3,6 +3,7 @@ repo under ``model_cards/`` (same files), which timm then loads first, so ``pret
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 HUB_ORG = "growzoo"
@@ -30,6 +31,11 @@ def published_cfg(name: str, base: dict) -> dict:
     weights = card_folder(name) / "model.safetensors"
     if weights.is_file():
         cfg["file"] = str(weights)
+    config = card_folder(name) / "config.json"
+    if config.is_file():  # the class names, as a local-dir: / hf-hub: load gives them
+        labels = json.loads(config.read_text()).get("label_names")
+        if isinstance(labels, list):
+            cfg["label_names"] = labels
     return cfg
 
 

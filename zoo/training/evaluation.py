@@ -3,14 +3,18 @@ Accelerate, gathered across processes) and outside it (``zoo eval``: any model s
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
+import timm
 import torch
 import torch.nn.functional as F
 
 from zoo.data.datasets import DataError, build_datasets
 from zoo.data.pipeline import normalize
 from zoo.hub import load_model
+from zoo.hub.folders import ModelLoadError, default_published_tag
 
 
 def fit_resolution(x: torch.Tensor, size: int | None) -> torch.Tensor:
@@ -78,12 +82,31 @@ def accuracy(model, x_uint8: torch.Tensor, y: torch.Tensor, mean, std, batch_siz
     return evaluate(model, tensor_batches(x_uint8, y, batch_size), mean, std)
 
 
+def _published_for_bare_name(source: str) -> str:
+    if "." in source or ":" in source or Path(source).exists() or not timm.is_model(source):
+        return source
+    tag = default_published_tag(source)
+    if tag is None:
+        raise ModelLoadError(
+            source, "<source>", "an architecture without published weights (its random initialisation has nothing to "
+            "evaluate); pass a model folder, local-dir:/hf-hub: id, or a published tag"
+        )  # fmt: skip
+    print(
+        f"note: {source} -> {tag}: its published weights (as timm.create_model(..., pretrained=True))", file=sys.stderr
+    )
+    return tag
+
+
 def evaluate_source(
     source: str, data: str, path: str | None = None, batch_size: int = 512, classes=None, test_subset=None
 ) -> dict:
     """Top-1 and loss of ``source`` on the test split; ``test_subset`` keeps the same deterministic class-balanced
     subset a recipe's ``data.test_subset`` trains against (so `zoo demo --set data.test_subset=N` compares like
-    with like)."""
+    with like).
+
+    A bare architecture name means its published weights, as ``timm.create_model(name, pretrained=True)`` does: a
+    random initialisation has nothing to evaluate, so a name without published weights is an error."""
+    source = _published_for_bare_name(source)
     model = load_model(source)
     bundle = build_datasets(
         data,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 from zoo.models.pretrained import CHECKOUT
+from zoo.training.recipe import RecipeError
 
 
 def schedules_dir() -> Path:
@@ -14,8 +16,15 @@ def schedules_dir() -> Path:
 
 
 def resolve_recipe_path(name: str) -> Path:
-    """A recipe file path, or a bare recipe name looked up in ``schedules/``."""
+    """A recipe file path, or a bare recipe name looked up in ``schedules/`` (an unknown name is an error listing the
+    closest bundled names)."""
     p = Path(name)
     if p.suffix in (".yaml", ".yml") or p.exists():
         return p
-    return schedules_dir() / f"{name}.yaml"
+    path = schedules_dir() / f"{name}.yaml"
+    if not path.is_file():
+        names = sorted(q.stem for q in schedules_dir().glob("*.yaml"))
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f"did you mean {' or '.join(close)}?" if close else f"bundled: {', '.join(names)}"
+        raise RecipeError(name, "<recipe>", f"no such recipe file, nor a recipe of that name in schedules/; {hint}")
+    return path
