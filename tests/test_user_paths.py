@@ -1,0 +1,57 @@
+"""First contact as a timm / hub user: a name means the same weights everywhere, misspelt names get suggestions, a
+run folder given as a model is pointed at its model, and the project says its license."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import timm
+import yaml
+from conftest import tiny_recipe
+
+import zoo  # noqa: F401
+from zoo.cli.main import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_license_file_matches_the_declared_license():
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert 'license = { text = "Apache-2.0" }' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_eval_of_a_bare_name_uses_its_published_weights(capsys, fmnist):
+    assert main(["eval", "zoo_vit_micro_p7", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert "zoo_vit_micro_p7.fmnist" in err
+    card = json.loads((ROOT / "model_cards" / "zoo_vit_micro_p7.fmnist" / "result.json").read_text())
+    assert abs(json.loads(out)["acc"] - card["final_acc"]) < 1e-3  # the published model, not a random one
+
+
+def test_eval_of_a_name_without_published_weights_is_refused(capsys):
+    assert main(["eval", "zoo_vit_mini_p4"]) == 2
+    assert "without published weights" in capsys.readouterr().err
+
+
+def test_published_tag_carries_label_names_like_a_folder_load():
+    m = timm.create_model("zoo_vit_micro_p7.fmnist", pretrained=True)
+    names = m.pretrained_cfg["label_names"]
+    assert len(names) == 10 and names[0] == "T-shirt/top"
+
+
+def test_a_run_folder_given_as_a_model_points_at_its_model(tmp_path, capsys, fmnist):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(schedule={"steps": 1})))
+    assert main(["train", str(recipe), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run")]) == 2
+    assert str(tmp_path / "run" / "model") in capsys.readouterr().err
+
+
+def test_misspelt_names_list_the_close_matches(capsys):
+    assert main(["train", "fmnist_micro_dens", "--no-progress"]) == 2
+    assert "did you mean fmnist_micro_dense" in capsys.readouterr().err
+    assert main(["eval", "zoo_vit_micro_p77"]) == 2
+    assert "did you mean zoo_vit_micro_p7" in capsys.readouterr().err
