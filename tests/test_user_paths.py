@@ -55,3 +55,23 @@ def test_misspelt_names_list_the_close_matches(capsys):
     assert "did you mean fmnist_micro_dense" in capsys.readouterr().err
     assert main(["eval", "zoo_vit_micro_p77"]) == 2
     assert "did you mean zoo_vit_micro_p7" in capsys.readouterr().err
+
+
+def test_set_routing_refuses_misspelt_keys_and_converts_back_to_dense():
+    import torch
+
+    m = timm.create_model("zoo_vit_micro_p4").eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        y = m(x)
+        try:
+            m.set_routing({"capacity": 0.5, "layer": "all"})
+            raise AssertionError("a misspelt key was accepted")
+        except ValueError as e:
+            assert "layer" in str(e) and "layers" in str(e)
+        assert all(type(b).__name__ == "Block" for b in m.blocks), "a refused spec changes nothing"
+        m.set_routing({"capacity": 1.0, "layers": "all"})
+        torch.testing.assert_close(m(x), y, atol=1e-5, rtol=0)
+        m.set_routing(None)  # back to dense: routers dropped, the function kept
+        assert all(type(b).__name__ == "Block" for b in m.blocks) and m.model_args["routing"] is None
+        torch.testing.assert_close(m(x), y, atol=1e-5, rtol=0)
