@@ -261,3 +261,25 @@ def test_resume_without_any_intact_checkpoint_says_it_starts_from_step_0(referen
     stdout = sorted(out.parent.glob(f"{out.name}.*.stdout"))[-1].read_text()
     assert rc == 0 and "starting from step 0" in stdout
     assert_matches_reference(out, references["plain"])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_saves_a_checkpoint_and_resumes_exactly(references, tmp_path, signum):
+    """A scheduler's SIGTERM or a Ctrl-C mid-epoch: the step in progress finishes, a checkpoint of it is written
+    (although none is due), the exit code is 128 + the signal, and the resumed run equals the uninterrupted one."""
+    recipe, out = write_recipe(tmp_path, "plain"), tmp_path / "run"
+    proc = start(recipe, out)
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while max((r["step"] for r in records(out) if "loss" in r), default=0) < 3:
+        assert proc.poll() is None, f"exited before step 3:\n{proc.stderr_path.read_text()[-3000:]}"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signum)
+    rc, err = finish(proc)
+    assert rc == 128 + signum, err[-3000:]
+    assert f"stopped by {signal.Signals(signum).name}" in err
+    state = ckpt.read_state(ckpt.latest_valid(out / "checkpoints"))
+    stopped_at = max(r["step"] for r in records(out) if "loss" in r)
+    assert state["step"] == stopped_at, "the checkpoint is of the step the signal interrupted"
+    resume_to_end(recipe, out)
+    assert_matches_reference(out, references["plain"])

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from zoo.cli import measure, publish, train
+from zoo.training.interrupt import StoppedBySignal
 from zoo.version import __version__
 
 EXIT_INPUT_ERROR = 2
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
             extra = f" -> {e.filename2}" if e.filename2 is not None else ""
             print(f"error: {e.filename}{extra}: {e.strerror or e}", file=sys.stderr)
         return EXIT_INPUT_ERROR
+    except StoppedBySignal as e:  # Ctrl-C / SIGTERM: stopped at a step boundary with a checkpoint
+        print(f"stopped: {e}", file=sys.stderr)
+        return 128 + e.signum
     except FloatingPointError as e:  # non-finite loss under train.nonfinite: stop (the last good checkpoint is kept)
         print(f"error: {e}", file=sys.stderr)
         return EXIT_NONFINITE

@@ -34,6 +34,7 @@ from zoo.training import run_checkpoints as ckpt
 from zoo.training.budget import budget_boundaries
 from zoo.training.evaluation import evaluate, fit_resolution
 from zoo.training.freezing import set_group_lrs
+from zoo.training.interrupt import StoppedBySignal, stop_on_signals
 from zoo.training.precision import choose_precision
 from zoo.training.progress import lr_factor
 from zoo.training.recipe import SCHEMA_VERSION, Recipe, RecipeError
@@ -92,6 +93,8 @@ class Trainer:
 
     def _fit(self) -> RunResult:
         self.resuming = self.folder.prepare(self.recipe, self.resume, self.force)
+        if self.resume and not self.resuming:
+            print(f"note: {self.out}: --resume: no run there yet; starting a new one from step 0")
         if self.resuming and (done := self.folder.finished_result()) is not None:
             # a finished run of this recipe: nothing to train, and its result must not be rewritten. Decided before
             # any Accelerate or tracker state exists; every rank reads the same file, written in an earlier session.
@@ -106,19 +109,23 @@ class Trainer:
         self.folder.discard_set_aside()
         self.open_run_files()
         self.start_clock()
-        while self.step < self.total:
-            for micro_batches in self.epoch_batches():
-                self.train_step(micro_batches)
-                self.change_structure_or_log_event()
-                self.log_progress()
-                self.evaluate_if_due()
-                stopping = self.stop_after is not None and self.step >= self.stop_after
-                self.checkpoint_if_due(force=stopping)
-                if stopping and self.step < self.total:
-                    self.bar.close()
-                    return RunResult(self.out, *self.last, self.step, self.elapsed(), self.img_per_s(), self.total)
-                if self.step >= self.total:
-                    break
+        with stop_on_signals() as signalled:
+            while self.step < self.total:
+                for micro_batches in self.epoch_batches():
+                    self.train_step(micro_batches)
+                    self.change_structure_or_log_event()
+                    self.log_progress()
+                    self.evaluate_if_due()
+                    stopping = self.stop_after is not None and self.step >= self.stop_after
+                    self.checkpoint_if_due(force=stopping or bool(signalled))
+                    if signalled and self.step < self.total:
+                        self.bar.close()
+                        raise StoppedBySignal(signalled.signum, self.step, str(self.out))
+                    if stopping and self.step < self.total:
+                        self.bar.close()
+                        return RunResult(self.out, *self.last, self.step, self.elapsed(), self.img_per_s(), self.total)
+                    if self.step >= self.total:
+                        break
         return self.finish()
 
     # ------------------------------------------------------------------------------------------------- set-up
