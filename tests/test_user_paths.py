@@ -75,3 +75,23 @@ def test_set_routing_refuses_misspelt_keys_and_converts_back_to_dense():
         m.set_routing(None)  # back to dense: routers dropped, the function kept
         assert all(type(b).__name__ == "Block" for b in m.blocks) and m.model_args["routing"] is None
         torch.testing.assert_close(m(x), y, atol=1e-5, rtol=0)
+
+
+def test_a_tracker_that_is_not_installed_is_an_error_before_anything_is_written(tmp_path, capsys, fmnist):
+    import importlib.util
+
+    missing = next(t for t in ("tensorboard", "wandb", "comet_ml") if importlib.util.find_spec(t) is None)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(train={"tracker": missing.replace("_ml", "")})))
+    assert main(["train", str(recipe), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert "train.tracker" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "recipe.yaml").exists()
+
+
+def test_trackers_get_the_resolved_recipe_as_flat_scalar_hparams():
+    from zoo.training.recipe import recipe_from_dict
+    from zoo.training.trainer import flat_hparams
+
+    hp = flat_hparams(recipe_from_dict(tiny_recipe()).to_dict())
+    assert hp["optim.lr"] == 0.003 and hp["model.args.depth"] == 2 and hp["optim.betas"] == "[0.9, 0.999]"
+    assert all(isinstance(v, (int, float, str, bool)) for v in hp.values() if v is not None)

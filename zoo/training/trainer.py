@@ -210,8 +210,9 @@ class Trainer:
             manifest = collect_manifest(recipe.identity(), seed=recipe.train.seed, extra=extra)
             self.folder.write_start(recipe, manifest, self.resuming)
             self.log.truncate_after(self.start_step)
-        if recipe.train.tracker:
-            acc.init_trackers(self.out.name, config={"recipe_hash": recipe_hash(recipe.identity())})
+        if recipe.train.tracker:  # the resolved recipe as hyperparameters, so runs can be compared in the tracker
+            config = {"recipe_hash": recipe_hash(recipe.identity()), **flat_hparams(recipe.to_dict())}
+            acc.init_trackers(self.out.name, config=config)
 
     def start_clock(self) -> None:
         """Step counters, the progress bar, and the wall-clock (a resumed run continues its checkpoint's clock)."""
@@ -342,6 +343,8 @@ class Trainer:
         rec = {"eval_acc": self.last[0], "eval_loss": self.last[1]}
         self.log.write({"step": step, "epoch": step / self.steps_per_epoch, **rec, "time_s": self.elapsed()})
         self.bar.set_postfix(acc=f"{self.last[0]:.4f}")
+        if self.recipe.train.tracker:
+            self.acc.log(rec, step=step)
 
     def run_evaluation(self) -> tuple[float, float]:
         """Accuracy and loss of the evaluated model (the EMA when the recipe keeps one) on the eval split."""
@@ -407,6 +410,17 @@ class Trainer:
 
 
 # ------------------------------------------------------------------------------------------------- the pieces
+def flat_hparams(d: dict, prefix: str = "") -> dict:
+    """A nested recipe as ``section.key -> value`` with the scalar types every tracker accepts (others as text)."""
+    out: dict = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flat_hparams(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
 def make_accelerator(recipe: Recipe, out: Path, precision: str) -> Accelerator:
     cuda = torch.cuda.is_available()
     if precision == "fp16" and not cuda:
@@ -423,6 +437,10 @@ def make_accelerator(recipe: Recipe, out: Path, precision: str) -> Accelerator:
         log_with=recipe.train.tracker,
         project_dir=str(out),
     )
+    if recipe.train.tracker and not acc.log_with:  # Accelerate drops a tracker that is not installed with a warning
+        raise RecipeError(
+            "recipe", "train.tracker", f"{recipe.train.tracker!r} is not installed or not a tracker Accelerate knows"
+        )
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and acc.num_processes != world:
         # an Accelerator that does not join torchrun's group would train independent copies without any error
