@@ -95,3 +95,13 @@ def test_trackers_get_the_resolved_recipe_as_flat_scalar_hparams():
     hp = flat_hparams(recipe_from_dict(tiny_recipe()).to_dict())
     assert hp["optim.lr"] == 0.003 and hp["model.args.depth"] == 2 and hp["optim.betas"] == "[0.9, 0.999]"
     assert all(isinstance(v, (int, float, str, bool)) for v in hp.values() if v is not None)
+
+
+def test_accelerate_launch_precision_that_the_recipe_overrides_is_warned(tmp_path, monkeypatch, fmnist):
+    import pytest
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(schedule={"steps": 1})))
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    with pytest.warns(UserWarning, match="overridden by the recipe's train.precision"):
+        assert main(["train", str(recipe), "--out", str(tmp_path / "run"), "--no-progress"]) == 0

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -426,6 +427,13 @@ def make_accelerator(recipe: Recipe, out: Path, precision: str) -> Accelerator:
     if precision == "fp16" and not cuda:
         raise RecipeError("recipe", "train.precision", "fp16 needs a CUDA GPU (Accelerate ignores it on CPU); use bf16")
     mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION")  # what `accelerate launch --mixed_precision` sets
+    if launched and launched != mp:  # the recipe is the run's identity (hashed, in the card): it decides, loudly
+        warnings.warn(
+            f"accelerate launch --mixed_precision {launched} is overridden by the recipe's train.precision "
+            f"({precision}); use --set train.precision=... to change it",
+            stacklevel=2,
+        )
     # Accelerate keeps one process-wide AcceleratorState and refuses a second Accelerator with another precision;
     # a process may train several runs (bench, tests), so start each from a fresh state (the process group stays)
     AcceleratorState._reset_state()
