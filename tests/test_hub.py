@@ -258,8 +258,9 @@ def test_push_refuses_offline_or_without_token(exported, monkeypatch, capsys, no
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_TOKEN")
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setenv("HF_TOKEN_PATH", str(exported.parent / "no-saved-token"))  # nor one saved by `hf auth login`
     assert main(["push", str(exported), REPO]) == 2
-    assert "HF_TOKEN: no token in the environment" in capsys.readouterr().err
+    assert "HF_TOKEN: no token: set HF_TOKEN" in capsys.readouterr().err
     monkeypatch.setenv("HF_TOKEN", "hf_dummy")
     assert main(["push", str(exported), "acme/other-name"]) == 2  # the card's usage names another repo
     assert "re-run `zoo export" in capsys.readouterr().err
@@ -332,3 +333,37 @@ def test_reexport_is_byte_identical(exported, run_dir, tmp_path):
     assert len(read_metadata(exported / "model.safetensors")) >= 3  # enough keys for a hash order to show
     for name in names:
         assert (again / name).read_bytes() == (exported / name).read_bytes(), name
+
+
+def test_push_uses_the_saved_login_token_and_passes_revision_and_pr(
+    exported, monkeypatch, capsys, no_network, tmp_path
+):
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls["token"] = token
+
+        def create_repo(self, repo_id, **kw):
+            pass
+
+        def create_branch(self, repo_id, **kw):
+            calls["branch"] = kw["branch"]
+
+        def upload_folder(self, **kw):
+            calls["upload_folder"] = kw
+            return type("Info", (), {"commit_url": "c", "pr_url": "https://huggingface.co/x/discussions/1"})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    saved = tmp_path / "token"
+    saved.write_text("hf_saved_by_login")
+    monkeypatch.setenv("HF_TOKEN_PATH", str(saved))
+    assert main(["push", str(exported), REPO, "--revision", "v2"]) == 0
+    assert calls["token"] == "hf_saved_by_login" and calls["branch"] == "v2"
+    assert calls["upload_folder"]["revision"] == "v2" and calls["upload_folder"]["create_pr"] is False
+    assert main(["push", str(exported), REPO, "--create-pr"]) == 0
+    assert calls["upload_folder"]["create_pr"] is True
+    assert "discussions/1" in capsys.readouterr().out

@@ -350,13 +350,23 @@ def _env_true(name: str) -> bool:
     return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
-def push_folder(folder: str | Path, repo_id: str, private: bool = False, message: str | None = None) -> str:
-    """Upload a model folder to the hub with ``HfApi`` (token from ``HF_TOKEN``); returns the commit URL.
+def push_folder(
+    folder: str | Path,
+    repo_id: str,
+    private: bool = False,
+    message: str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+) -> str:
+    """Upload a model folder to the hub with ``HfApi``; returns the commit (or pull request) URL.
+
+    The token is ``huggingface_hub.get_token()``'s: ``HF_TOKEN``, else the one ``hf auth login`` saved. ``revision``
+    commits to that branch (created from main if missing); ``create_pr`` opens a pull request instead of committing.
 
     Refuses before any network call when offline (``HF_HUB_OFFLINE``), without a token, or when the folder does
     not load (weights are verified against their stored hash first).
     """
-    from huggingface_hub import HfApi, constants
+    from huggingface_hub import HfApi, constants, get_token
     from huggingface_hub.utils import validate_repo_id
 
     folder = Path(folder)
@@ -371,17 +381,22 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, message
         raise PublishError(str(folder / "README.md"), "<file>", "no model card: write the folder with `zoo export`")
     if constants.is_offline_mode() or _env_true("HF_HUB_OFFLINE"):
         raise PublishError(f"hf-hub:{repo_id}", "HF_HUB_OFFLINE", "offline mode is set: cannot upload; unset it")
-    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    token = get_token() or os.environ.get("HUGGING_FACE_HUB_TOKEN")
     if not token:
-        raise PublishError(f"hf-hub:{repo_id}", "HF_TOKEN", "no token in the environment: set HF_TOKEN (write scope)")
+        msg = "no token: set HF_TOKEN (write scope) or run `hf auth login`"
+        raise PublishError(f"hf-hub:{repo_id}", "HF_TOKEN", msg)
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    if revision and not create_pr:
+        api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
     info = api.upload_folder(
         repo_id=repo_id,
         folder_path=str(folder),
         repo_type="model",
+        revision=revision,
+        create_pr=create_pr,
         allow_patterns=list(PUSH_FILES),
         ignore_patterns=[".*"],
         commit_message=message or f"Upload {folder.name} with zoo push",
     )
-    return str(getattr(info, "commit_url", info))
+    return str(getattr(info, "pr_url", None) or getattr(info, "commit_url", info))
