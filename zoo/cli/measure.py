@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def _profile_target(name: str, img_size: int | None):
@@ -29,7 +30,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from zoo.measure.profile import format_profile, profile_model
 
     model = _profile_target(args.target, args.img_size)
-    res = profile_model(model, batch=args.batch, img_size=args.img_size, precision=args.precision, iters=args.iters)
+    precision = args.precision
+    if precision == "auto":  # what a recipe's `train.precision: auto` would choose here, then profiled
+        from zoo.training.precision import choose_precision
+
+        precision, ratio = choose_precision(model, args.batch)
+        print(f"auto: {precision} (bf16 step {ratio:.2f}x the fp32 speed on this machine)", file=sys.stderr)
+    res = profile_model(model, batch=args.batch, img_size=args.img_size, precision=precision, iters=args.iters)
     print(json.dumps(res, default=str) if args.json else format_profile(res))
     return 0
 
@@ -70,7 +77,9 @@ def register_profile(sub) -> None:
     s.add_argument("target", help="model name, folder, local-dir:/hf-hub: id, or recipe .yaml")
     s.add_argument("--batch", type=int, default=32)
     s.add_argument("--img-size", type=int, default=None)
-    s.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    s.add_argument(
+        "--precision", choices=["fp32", "bf16", "auto"], default="fp32", help="auto: measure both, profile the faster"
+    )
     s.add_argument("--iters", type=int, default=10)
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(fn=cmd_profile)

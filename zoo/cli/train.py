@@ -57,7 +57,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from zoo.training.evaluation import evaluate_source
 
-    res = evaluate_source(args.model, args.data, path=args.data_path, batch_size=args.batch_size, classes=args.classes)
+    res = evaluate_source(
+        args.model, args.data, path=args.data_path, batch_size=args.batch_size, classes=args.classes, progress=True
+    )
     print(json.dumps(res) if args.json else f"{args.model}: top-1 {res['acc'] * 100:.2f}% on {res['n']} images")
     return 0
 

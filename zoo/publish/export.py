@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -255,6 +256,8 @@ def export_run(
         if profile_file is not None:
             prof = load_profile(Path(profile_file), run.model)
         else:
+            # the profile is the slow part (tens of seconds on a small CPU): say so rather than sit silent
+            print(f"export: profiling {run.model.__class__.__name__} (FLOPs, memory, img/s) ...", file=sys.stderr)
             prof = measure_profile(run.model, profile_batch, profile_iters)
         (tmp / "profile.json").write_text(json.dumps(prof, indent=2, default=str) + "\n")
         config = json.loads((tmp / "config.json").read_text())
