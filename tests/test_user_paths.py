@@ -105,3 +105,9 @@ def test_accelerate_launch_precision_that_the_recipe_overrides_is_warned(tmp_pat
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     with pytest.warns(UserWarning, match="overridden by the recipe's train.precision"):
         assert main(["train", str(recipe), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+
+
+def test_profile_accepts_auto_precision_as_recipes_do(capsys):
+    assert main(["profile", "zoo_vit_micro_p7", "--precision", "auto", "--iters", "1", "--batch", "4", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert "auto:" in err and json.loads(out)["precision"] in ("fp32", "bf16")
