@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from importlib import resources
 from pathlib import Path
 
 from zoo.models.pretrained import CHECKOUT
@@ -10,9 +11,13 @@ from zoo.training.recipe import RecipeError
 
 
 def schedules_dir() -> Path:
-    """``schedules/`` of the source checkout (or editable install), else ``schedules/`` in the working directory."""
+    """``schedules/`` of the source checkout (or editable install), else the copy a wheel ships inside the package
+    (``zoo/schedules``), else ``schedules/`` in the working directory."""
     here = CHECKOUT / "schedules"
-    return here if here.is_dir() else Path("schedules")
+    if here.is_dir():
+        return here
+    shipped = Path(str(resources.files("zoo") / "schedules"))
+    return shipped if shipped.is_dir() else Path("schedules")
 
 
 def resolve_recipe_path(name: str) -> Path:
