@@ -367,3 +367,14 @@ def test_push_uses_the_saved_login_token_and_passes_revision_and_pr(
     assert main(["push", str(exported), REPO, "--create-pr"]) == 0
     assert calls["upload_folder"]["create_pr"] is True
     assert "discussions/1" in capsys.readouterr().out
+
+
+def test_export_evaluates_per_class_and_agrees_with_the_run(exported, run_dir):
+    per_class = json.loads((exported / "per_class.json").read_text())
+    result = json.loads((run_dir / "result.json").read_text())
+    assert abs(per_class["acc"] - result["final_acc"]) < 1e-6  # the same weights on the same images
+    assert sum(map(sum, per_class["matrix"])) == result["test_images"]
+    assert [r["class"] for r in per_class["per_class"]][0] == "T-shirt/top"
+    card = (exported / "README.md").read_text()
+    assert "Evaluated again at export" in card and "| T-shirt/top |" in card
+    assert (exported / "confusion_matrix.png").is_file() and "confusion_matrix.png" in card

@@ -16,6 +16,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from zoo.publish.per_class import per_class_markdown
 from zoo.utils.units import mib, si
 
 PLACEHOLDER_REPO = "ORG/NAME"
@@ -42,6 +43,8 @@ class CardInputs:
     plot_file: str | None = PLOT_NAME
     class_names: list[str] | None = None
     files: list[str] = field(default_factory=list)
+    per_class: dict | None = None  # per_class.json (zoo.publish.per_class), when the data was available at export
+    confusion_plot: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
@@ -355,7 +358,14 @@ def results_markdown(inp: CardInputs) -> str:
     ema = inp.recipe["train"].get("ema")
     rows.append(("Evaluated weights", f"EMA (decay {ema:g}), the weights in this repo" if ema else "final weights"))
     table = "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
-    return f"From the run's final evaluation (`result.json`):\n\n{table}"
+    text = f"From the run's final evaluation (`result.json`):\n\n{table}"
+    if inp.per_class:
+        fresh = inp.per_class["acc"]
+        text += (
+            f"\n\nEvaluated again at export: {fresh * 100:.2f}% ({(fresh - acc) * 100:+.2f} pt). "
+            + per_class_markdown(inp.per_class, inp.confusion_plot)
+        )
+    return text
 
 
 def architecture_markdown(inp: CardInputs) -> str:
@@ -505,6 +515,8 @@ def files_markdown(inp: CardInputs) -> str:
         "manifest.json": "software versions and hardware of the training run",
         "metrics.jsonl": "training log: losses, evaluations, stage events",
         PLOT_NAME: "training curve",
+        "per_class.json": "per-class accuracy and confusion matrix, evaluated at export",
+        "confusion_matrix.png": "the confusion matrix, row-normalised",
     }
     return "\n".join(f"- `{f}`: {roles.get(f, '')}".rstrip(": ") for f in sorted(inp.files or roles))
 

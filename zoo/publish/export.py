@@ -24,6 +24,7 @@ from zoo.data.fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FA
 from zoo.hub import WEIGHTS_NAME, load_folder, read_metadata, save_model_folder, weights_hash
 from zoo.measure.profile import profile_model
 from zoo.publish.card import PLACEHOLDER_REPO, PLOT_NAME, CardInputs, render_card, structure_events, training_series
+from zoo.publish.per_class import CONFUSION_PLOT, PER_CLASS_FILE, evaluate_per_class, plot_confusion
 from zoo.training.recipe import recipe_from_dict
 from zoo.training.run_folder import (
     MANIFEST_FILE,
@@ -260,6 +261,12 @@ def export_run(
             print(f"export: profiling {run.model.__class__.__name__} (FLOPs, memory, img/s) ...", file=sys.stderr)
             prof = measure_profile(run.model, profile_batch, profile_iters)
         (tmp / "profile.json").write_text(json.dumps(prof, indent=2, default=str) + "\n")
+        per_class = evaluate_per_class(run.model, run.recipe)
+        confusion_plot = None
+        if per_class is not None:
+            (tmp / PER_CLASS_FILE).write_text(json.dumps(per_class, indent=2) + "\n")
+            if plot_confusion(per_class, tmp / CONFUSION_PLOT, f"{name}: confusion on {per_class['acc']:.2%}"):
+                confusion_plot = CONFUSION_PLOT
         config = json.loads((tmp / "config.json").read_text())
         recipe = run.recipe.to_dict()
         events = structure_events(run.records, recipe, config, int(run.result["steps"]))
@@ -278,6 +285,8 @@ def export_run(
             base_model=base_model,
             plot_file=PLOT_NAME if plotted else None,
             class_names=extra.get("label_names") if run.recipe.data.classes else None,
+            per_class=per_class,
+            confusion_plot=confusion_plot,
             files=sorted([*(p.name for p in tmp.iterdir()), "README.md"]),
         )
         (tmp / "README.md").write_text(render_card(inputs))
