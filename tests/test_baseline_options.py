@@ -100,3 +100,14 @@ def test_a_changed_default_changes_the_hash_of_runs_relying_on_it():
     r2 = recipe_from_dict({})
     r2.optim.lr = r2.optim.lr * 2  # likewise for a field of the first schema
     assert recipe_hash(r2.identity()) != base
+
+
+def test_sincos_position_embedding_init_is_the_2d_grid_and_recorded():
+    from timm.layers import build_sincos2d_pos_embed
+
+    m = timm.create_model("zoo_vit_micro_conv_p4", pos_embed_init="sincos")
+    assert m.model_args["pos_embed_init"] == "sincos" and m.pos_embed.requires_grad  # learned, sin-cos at start
+    torch.testing.assert_close(m.pos_embed[0, 1:].detach(), build_sincos2d_pos_embed([7, 7], dim=64))
+    assert not m.pos_embed[0, 0].any()  # the class token's position starts at zero
+    with pytest.raises(ValueError, match="pos_embed_init"):
+        timm.create_model("zoo_vit_micro_conv_p4", pos_embed_init="rope")

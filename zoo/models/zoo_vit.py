@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 import torch
-from timm.layers import resample_abs_pos_embed, to_2tuple, trunc_normal_
+from timm.layers import build_sincos2d_pos_embed, resample_abs_pos_embed, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -24,6 +24,8 @@ from zoo.nn.attention import check_routing, resolve_attn_args
 from zoo.nn.block import Block
 from zoo.nn.routing import RoutedBlock, resolve_route_plan
 from zoo.nn.stems import default_stem_width, make_stem
+
+POS_EMBED_INITS = ("normal", "sincos")
 
 
 def check_global_pool(global_pool: str, class_token: bool) -> None:
@@ -107,10 +109,13 @@ class ZooViT(nn.Module):
         attn_args: dict | None = None,
         stem: str = "patch",
         stem_width: int | None = None,
+        pos_embed_init: str = "normal",
         weight_init: str = "",
     ):
         super().__init__()
         check_global_pool(global_pool, class_token)
+        if pos_embed_init not in POS_EMBED_INITS:
+            raise ValueError(f"pos_embed_init must be one of {POS_EMBED_INITS}, got {pos_embed_init!r}")
         if isinstance(img_size, (tuple, list)):  # timm's builder passes a fixed input size as a pair
             if len(img_size) != 2 or img_size[0] != img_size[1]:
                 raise ValueError(f"img_size must be square, got {img_size}")
@@ -143,6 +148,7 @@ class ZooViT(nn.Module):
             stem=stem,
             # resolved, so a saved config.json rebuilds the same stem whatever embed_dim has grown to since
             stem_width=stem_width or default_stem_width(stem, embed_dim),
+            pos_embed_init=pos_embed_init,
         )
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -204,8 +210,16 @@ class ZooViT(nn.Module):
         return [dict(module=f"blocks.{i}", num_chs=self.embed_dim, reduction=r) for i in range(len(self.blocks))]
 
     def init_weights(self) -> None:
-        """timm's default ('') ViT init: trunc-normal(0.02) linears and position embedding, tiny class token."""
+        """timm's default ('') ViT init: trunc-normal(0.02) linears and position embedding, tiny class token. With
+        ``pos_embed_init="sincos"`` the (still learned) position embedding of the patch tokens starts as the 2D
+        sin-cos embedding of the grid ("Better plain ViT baselines", Beyer et al. 2022, use it fixed), prefix
+        tokens at zero."""
         trunc_normal_(self.pos_embed, std=0.02)
+        if self.model_args.get("pos_embed_init") == "sincos":
+            grid = list(self.patch_embed.grid_size)
+            with torch.no_grad():
+                self.pos_embed.zero_()
+                self.pos_embed[0, self.num_prefix_tokens :] = build_sincos2d_pos_embed(grid, dim=self.embed_dim)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
         if self.reg_token is not None:
