@@ -93,6 +93,15 @@ def records(out: Path) -> list[dict]:
     return recs
 
 
+def wait_for_step(proc: subprocess.Popen, out: Path, step: int) -> None:
+    """Until the running process has logged training step ``step``."""
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while max((r["step"] for r in records(out) if "loss" in r), default=0) < step:
+        assert proc.poll() is None, f"exited before step {step}:\n{proc.stderr_path.read_text()[-3000:]}"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+
+
 def checkpoint_steps(out: Path) -> list[int]:
     return [int(p.name.removeprefix(ckpt.PREFIX)) for p in ckpt.list_checkpoints(out / "checkpoints")]
 
@@ -140,11 +149,7 @@ def assert_matches_reference(out: Path, ref: Path) -> None:
 def test_sigkill_mid_epoch_at_an_arbitrary_moment(references, tmp_path):
     recipe, out = write_recipe(tmp_path, "plain"), tmp_path / "run"
     proc = start(recipe, out)
-    deadline = time.monotonic() + RUN_TIMEOUT
-    while max((r["step"] for r in records(out) if "loss" in r), default=0) < 5:
-        assert proc.poll() is None, f"exited before step 5:\n{proc.stderr_path.read_text()[-3000:]}"
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    wait_for_step(proc, out, 5)
     proc.send_signal(signal.SIGKILL)
     rc, _ = finish(proc)
     assert rc == KILLED, "the run finished before the kill: nothing was tested"
@@ -269,11 +274,7 @@ def test_sigterm_or_ctrl_c_saves_a_checkpoint_and_resumes_exactly(references, tm
     (although none is due), the exit code is 128 + the signal, and the resumed run equals the uninterrupted one."""
     recipe, out = write_recipe(tmp_path, "plain"), tmp_path / "run"
     proc = start(recipe, out)
-    deadline = time.monotonic() + RUN_TIMEOUT
-    while max((r["step"] for r in records(out) if "loss" in r), default=0) < 3:
-        assert proc.poll() is None, f"exited before step 3:\n{proc.stderr_path.read_text()[-3000:]}"
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    wait_for_step(proc, out, 3)
     proc.send_signal(signum)
     rc, err = finish(proc)
     assert rc == 128 + signum, err[-3000:]

@@ -19,7 +19,27 @@ from timm.layers import PatchEmbed, to_2tuple
 from torch import nn
 
 
-class ConvStem(nn.Module):
+class GridStem(nn.Module):
+    """What the convolutional stems share: ``PatchEmbed``'s grid bookkeeping, and ``proj`` (the last conv, to the
+    embedding width) applied to the subclass's ``features``, flattened to tokens."""
+
+    patch_size: tuple[int, int]
+    proj: nn.Conv2d
+
+    def set_input_size(self, img_size: int) -> None:
+        self.img_size = to_2tuple(img_size)
+        self.grid_size = tuple(s // p for s, p in zip(self.img_size, self.patch_size))
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(self.features(x))  # B, D, H / patch, W / patch
+        return x.flatten(2).transpose(1, 2)  # B, N, D
+
+
+class ConvStem(GridStem):
     """3x3 stride-1 conv (in -> hidden) + GELU, then the usual patchifying conv (hidden -> embed_dim, named ``proj``).
 
     Same interface as timm's ``PatchEmbed`` (``img_size``, ``patch_size``, ``grid_size``, ``num_patches``,
@@ -34,17 +54,11 @@ class ConvStem(nn.Module):
         self.proj = nn.Conv2d(hidden, embed_dim, kernel_size=patch_size, stride=patch_size)
         self.set_input_size(img_size=img_size)
 
-    def set_input_size(self, img_size: int) -> None:
-        self.img_size = to_2tuple(img_size)
-        self.grid_size = tuple(s // p for s, p in zip(self.img_size, self.patch_size))
-        self.num_patches = self.grid_size[0] * self.grid_size[1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.proj(self.act(self.conv(x)))  # B, D, H', W'
-        return x.flatten(2).transpose(1, 2)  # B, N, D
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(x))
 
 
-class EarlyConvStem(nn.Module):
+class EarlyConvStem(GridStem):
     """Stride-1 3x3 conv (in -> width), then log2(patch_size) stride-2 3x3 convs doubling the channels (each with
     BatchNorm and GELU), then a 1x1 conv to ``embed_dim`` (named ``proj``). ``patch_size`` must be a power of 2."""
 
@@ -66,14 +80,8 @@ class EarlyConvStem(nn.Module):
         self.proj = nn.Conv2d(c_in, embed_dim, kernel_size=1)
         self.set_input_size(img_size=img_size)
 
-    def set_input_size(self, img_size: int) -> None:
-        self.img_size = to_2tuple(img_size)
-        self.grid_size = tuple(s // p for s, p in zip(self.img_size, self.patch_size))
-        self.num_patches = self.grid_size[0] * self.grid_size[1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.proj(self.conv(x))  # B, D, H / patch, W / patch
-        return x.flatten(2).transpose(1, 2)  # B, N, D
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
 
 
 STEMS = ("patch", "conv", "early")
