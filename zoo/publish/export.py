@@ -204,6 +204,17 @@ def plot_training_curve(records: list[dict], events: list[dict], path: Path, tit
     return True
 
 
+def write_per_class(run: Run, folder: Path, name: str) -> tuple[dict | None, str | None]:
+    """``per_class.json`` and the confusion plot of the run's model on its evaluation split (None, None when that
+    data is not on this machine); returns the summary and the plot's file name (None without matplotlib)."""
+    per_class = evaluate_per_class(run.model, run.recipe)
+    if per_class is None:
+        return None, None
+    (folder / PER_CLASS_FILE).write_text(json.dumps(per_class, indent=2) + "\n")
+    plotted = plot_confusion(per_class, folder / CONFUSION_PLOT, f"{name}: confusion on {per_class['acc']:.2%}")
+    return per_class, CONFUSION_PLOT if plotted else None
+
+
 def _check_out_dir(out: Path, run: Path, force: bool) -> None:
     o, r = out.resolve(), run.resolve()
     if o == r or o in r.parents or r in o.parents and o.relative_to(r).parts[:1] in (("model",), ("checkpoints",)):
@@ -261,12 +272,7 @@ def export_run(
             print(f"export: profiling {run.model.__class__.__name__} (FLOPs, memory, img/s) ...", file=sys.stderr)
             prof = measure_profile(run.model, profile_batch, profile_iters)
         (tmp / "profile.json").write_text(json.dumps(prof, indent=2, default=str) + "\n")
-        per_class = evaluate_per_class(run.model, run.recipe)
-        confusion_plot = None
-        if per_class is not None:
-            (tmp / PER_CLASS_FILE).write_text(json.dumps(per_class, indent=2) + "\n")
-            if plot_confusion(per_class, tmp / CONFUSION_PLOT, f"{name}: confusion on {per_class['acc']:.2%}"):
-                confusion_plot = CONFUSION_PLOT
+        per_class, confusion_plot = write_per_class(run, tmp, name)
         config = json.loads((tmp / "config.json").read_text())
         recipe = run.recipe.to_dict()
         events = structure_events(run.records, recipe, config, int(run.result["steps"]))
