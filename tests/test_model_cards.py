@@ -79,7 +79,7 @@ def test_card_usage_snippet_runs_as_written(name, fmnist):
     assert f"hf-hub:growzoo/{name}" in code
     code = code.replace(f"hf-hub:growzoo/{name}", f"local-dir:{folder}")
     bundle = build_datasets("fashion-mnist", test_subset=10)
-    image = Image.fromarray(bundle.test_x[0, 0].numpy(), mode="L")
+    image = Image.fromarray(bundle.test_x[0, 0].numpy())  # uint8 H x W: a grey ("L") image
     scope = {"image": image}
     exec(compile(code, f"{name}/README.md", "exec"), scope)  # noqa: S102  (our own generated card)
     assert scope["pred"] in range(10) and scope["model"].num_classes == 10
