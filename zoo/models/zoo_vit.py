@@ -410,9 +410,12 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> ZooViT:
 
 default_cfgs = generate_default_cfgs(
     {
-        "zoo_vit_tiny_p16": vit_cfg(),
-        "zoo_vit_small_p16": vit_cfg(),
-        "zoo_vit_base_p16": vit_cfg(),
+        # timm's own ImageNet weights of the same shape (its default tag of vit_*_patch16_224): with network,
+        # timm.create_model("zoo_vit_small_p16", pretrained=True) downloads them into the zoo model
+        # (checkpoint_filter_fn maps the names; outputs equal timm's model)
+        "zoo_vit_tiny_p16.augreg_in21k_ft_in1k": vit_cfg(hf_hub_id="timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"),
+        "zoo_vit_small_p16.augreg_in21k_ft_in1k": vit_cfg(hf_hub_id="timm/vit_small_patch16_224.augreg_in21k_ft_in1k"),
+        "zoo_vit_base_p16.augreg2_in21k_ft_in1k": vit_cfg(hf_hub_id="timm/vit_base_patch16_224.augreg2_in21k_ft_in1k"),
         "zoo_vit_micro_p7.fmnist": published_cfg("zoo_vit_micro_p7.fmnist", fmnist_cfg()),
         "zoo_vit_micro_p7": fmnist_cfg(),
         "zoo_vit_micro_p7_r25.fmnist": published_cfg("zoo_vit_micro_p7_r25.fmnist", fmnist_cfg()),
