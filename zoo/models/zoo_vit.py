@@ -422,6 +422,9 @@ default_cfgs = generate_default_cfgs(
         "zoo_vit_micro_p7.fmnist_grown": published_cfg("zoo_vit_micro_p7.fmnist_grown", fmnist_cfg()),
         "zoo_vit_micro_p7_r25.fmnist_grown": published_cfg("zoo_vit_micro_p7_r25.fmnist_grown", fmnist_cfg()),
         "zoo_vit_micro_p4": fmnist_cfg(),
+        "zoo_vit_micro_conv_p4.fmnist": published_cfg(
+            "zoo_vit_micro_conv_p4.fmnist", fmnist_cfg(first_conv="patch_embed.conv.0")
+        ),
         "zoo_vit_micro_conv_p4": fmnist_cfg(first_conv="patch_embed.conv.0"),
         "zoo_vit_mini_p4": fmnist_cfg(),
     }
