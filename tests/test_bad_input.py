@@ -151,3 +151,22 @@ def test_integer_weights_are_refused_not_cast(folder, capsys):
     save_file(state, str(folder / "model.safetensors"))
     code, err = run(capsys, "eval", folder)
     assert code == 2 and "model.safetensors" in err and "dtype mismatch" in err and "head.weight" in err, err
+
+
+def test_config_json_that_is_a_folder_names_the_path(folder, capsys):
+    (folder / "config.json").unlink()
+    (folder / "config.json").mkdir()
+    code, err = run(capsys, "eval", folder)
+    assert code == 2 and "config.json" in err and "Traceback" not in err, err
+
+
+def test_a_cards_base_model_cannot_lead_outside_the_card_folders(tmp_path):
+    from zoo.publish.reproduce import base_model_candidates
+
+    card = tmp_path / "cards" / "mine"
+    card.mkdir(parents=True)
+    for bad in ("growzoo/..", "growzoo/.", "..", "growzoo/a b", "growzoo/../../etc/passwd/.."):
+        assert base_model_candidates(card, bad) == [], bad
+    found = base_model_candidates(card, "growzoo/zoo_vit_micro_p7.fmnist")
+    assert found and all(p.parent in (card.parent.resolve(), p.parent) for p in found)
+    assert all(p.name == "zoo_vit_micro_p7.fmnist" for p in found)
