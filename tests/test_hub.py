@@ -258,7 +258,8 @@ def test_push_refuses_offline_or_without_token(exported, monkeypatch, capsys, no
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_TOKEN")
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-    monkeypatch.setenv("HF_TOKEN_PATH", str(exported.parent / "no-saved-token"))  # nor one saved by `hf auth login`
+    # nor one saved by `hf auth login` (huggingface_hub reads the path into its constants at import)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(exported.parent / "no-saved-token"))
     assert main(["push", str(exported), REPO]) == 2
     assert "HF_TOKEN: no token: set HF_TOKEN" in capsys.readouterr().err
     monkeypatch.setenv("HF_TOKEN", "hf_dummy")
@@ -360,7 +361,7 @@ def test_push_uses_the_saved_login_token_and_passes_revision_and_pr(
     monkeypatch.delenv("HF_TOKEN", raising=False)
     saved = tmp_path / "token"
     saved.write_text("hf_saved_by_login")
-    monkeypatch.setenv("HF_TOKEN_PATH", str(saved))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(saved))
     assert main(["push", str(exported), REPO, "--revision", "v2"]) == 0
     assert calls["token"] == "hf_saved_by_login" and calls["branch"] == "v2"
     assert calls["upload_folder"]["revision"] == "v2" and calls["upload_folder"]["create_pr"] is False
