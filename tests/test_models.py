@@ -151,7 +151,11 @@ def test_every_family_meets_the_contract_and_trains_a_step_with_each_declared_fe
     half = len(m.blocks) // 2
     set_trainable_from(m, 1 + half)  # the stem and blocks[:half] frozen
     graphs = []
-    hooks = [b.register_forward_hook(lambda mod, i, o: graphs.append(o.requires_grad)) for b in m.blocks]
+
+    def record(mod, inputs, out):  # reversible blocks return their two streams
+        graphs.append((out[0] if isinstance(out, tuple) else out).requires_grad)
+
+    hooks = [b.register_forward_hook(record) for b in m.blocks]
     step(m)
     for h in hooks:
         h.remove()

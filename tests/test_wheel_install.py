@@ -29,7 +29,8 @@ def test_wheel_install_lists_and_runs_a_bundled_recipe(tmp_path, fmnist):
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], tmp_path)
     py = venv / "bin" / "python"
-    _run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", "--quiet", str(wheel)], tmp_path)
+    # --ignore-installed: the outer environment may hold an (editable) growzoo that pip would call satisfied
+    _run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed", "-q", str(wheel)], tmp_path)
 
     elsewhere = tmp_path / "elsewhere"  # no schedules/ here, and not the checkout
     elsewhere.mkdir()

@@ -323,7 +323,10 @@ def _load_published(tag: str, **overrides) -> nn.Module:
     build random weights with only a logged warning."""
 
     if tag not in PUBLISHED:
-        hub_id = timm.models.get_pretrained_cfg(tag).hf_hub_id if timm.is_model(tag) else None
+        try:
+            hub_id = timm.models.get_pretrained_cfg(tag).hf_hub_id
+        except RuntimeError:  # a tag timm does not know
+            hub_id = None
         if hub_id and hub_id.startswith("timm/"):  # timm's own weights (safetensors on the hub) in a zoo model
             return timm.create_model(tag, pretrained=True, **overrides)
         raise ModelLoadError(tag, "<tag>", f"no published weights under this tag; published: {sorted(PUBLISHED)}")

@@ -262,6 +262,8 @@ class Trainer:
         recipe, acc, model = self.recipe, self.acc, self.model
         d = recipe.data
         set_step_values(acc.unwrap_model(model), self.plan, self.step)
+        if self.ema is not None:  # the EMA copy is what is evaluated and exported: the same capacity as the model
+            set_step_values(self.ema.module, self.plan, self.step)
         sch = recipe.schedule
         self.lr = recipe.optim.lr * lr_factor(
             self.step, self.total, self.warmup, sch.min_lr_ratio, self.plan.rewarm_steps(), self.rewarm, sch.decay,
