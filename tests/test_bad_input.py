@@ -64,7 +64,23 @@ def test_shape_mismatch_missing_and_unknown_keys(folder, capsys):
         (json.dumps({"architecture": "zoo_vit_nonexistent", "model_args": {}}), "architecture"),
         (json.dumps({"architecture": "zoo_vit_micro_p4", "model_args": {"depth": "six"}}), "model_args"),
         (json.dumps({"architecture": "zoo_vit_micro_p4", "model_args": ["depth"]}), "model_args"),
-    ],
+        # loader arguments of timm.create_model: would open any readable file / redirect the weights
+        (
+            json.dumps({"architecture": "zoo_vit_micro_p4", "model_args": {"checkpoint_path": "/etc/passwd"}}),
+            "model_args.checkpoint_path",
+        ),
+        (
+            json.dumps({"architecture": "zoo_vit_micro_p4", "model_args": {"pretrained_cfg_overlay": {"file": "x"}}}),
+            "model_args.pretrained_cfg_overlay",
+        ),
+        # sizes that hang the loader or exhaust memory before the weights are read
+        (json.dumps({"architecture": "zoo_vit_micro_p4", "model_args": {"depth": 1000000}}), "model_args.depth"),
+        (json.dumps({"architecture": "zoo_vit_micro_p4", "model_args": {"embed_dim": -8}}), "model_args.embed_dim"),
+        (
+            json.dumps({"architecture": "zoo_vit_micro_p4", "model_args": {"img_size": [28, 10**9]}}),
+            "model_args.img_size",
+        ),
+    ],  # fmt: skip
 )
 def test_bad_config(folder, capsys, config, field):
     (folder / "config.json").write_text(config)
@@ -125,3 +141,32 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsy
     assert max(r.get("skipped_nonfinite", 0) for r in logged) > 0
     kept = load_file(str(ckpts[-1] / "model.safetensors"))
     assert all(torch.isfinite(t).all() for t in kept.values()), "the kept checkpoint is a good one"
+
+
+def test_integer_weights_are_refused_not_cast(folder, capsys):
+    from safetensors.torch import load_file
+
+    state = load_file(str(folder / "model.safetensors"))
+    state["head.weight"] = state["head.weight"].to(torch.int64)
+    save_file(state, str(folder / "model.safetensors"))
+    code, err = run(capsys, "eval", folder)
+    assert code == 2 and "model.safetensors" in err and "dtype mismatch" in err and "head.weight" in err, err
+
+
+def test_config_json_that_is_a_folder_names_the_path(folder, capsys):
+    (folder / "config.json").unlink()
+    (folder / "config.json").mkdir()
+    code, err = run(capsys, "eval", folder)
+    assert code == 2 and "config.json" in err and "Traceback" not in err, err
+
+
+def test_a_cards_base_model_cannot_lead_outside_the_card_folders(tmp_path):
+    from zoo.publish.reproduce import base_model_candidates
+
+    card = tmp_path / "cards" / "mine"
+    card.mkdir(parents=True)
+    for bad in ("growzoo/..", "growzoo/.", "..", "growzoo/a b", "growzoo/../../etc/passwd/.."):
+        assert base_model_candidates(card, bad) == [], bad
+    found = base_model_candidates(card, "growzoo/zoo_vit_micro_p7.fmnist")
+    assert found and all(p.parent in (card.parent.resolve(), p.parent) for p in found)
+    assert all(p.name == "zoo_vit_micro_p7.fmnist" for p in found)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import yaml
 from conftest import tiny_recipe
 
-from zoo.bench.runner import Arm, check_comparable, run_arms
+from zoo.bench.runner import KEPT_FILES, Arm, check_comparable, keep_results, run_arms
 from zoo.cli.main import main
 from zoo.measure.stopwatch import interleaved_times, speedup
 from zoo.utils.manifest import collect_manifest
@@ -44,6 +45,35 @@ def test_run_arms_end_to_end(tmp_path, fmnist):
     # a second call reuses finished runs instead of training again
     again = run_arms(arms, [0, 1], tmp_path / "out")
     assert [r["acc"] for r in again] == [r["acc"] for r in records]
+
+
+def test_runs_from_machines_of_different_capability_are_refused():
+    a = collect_manifest({"x": 1}, seed=0, extra={"arm": "a"})
+    b = json.loads(json.dumps(a))
+    b["cpu_model"], b["git_sha"] = "another CPU of the same kind", "0" * 40  # a later session: still comparable
+    check_comparable([{"arm": "a", "seed": 0, "manifest": a}, {"arm": "b", "seed": 1, "manifest": b}])
+    b["cpu_capability"] = "AVX2" if a["cpu_capability"] != "AVX2" else "AVX512"
+    with pytest.raises(RuntimeError, match="cpu_capability"):
+        check_comparable([{"arm": "a", "seed": 0, "manifest": a}, {"arm": "b", "seed": 1, "manifest": b}])
+
+
+def test_kept_results_survive_the_runs_folder_and_are_reused(tmp_path, fmnist):
+    """Inside keep_results, finished runs' small records go to the kept folder; a suite rerun on a clean checkout
+    (no runs/ folder) reuses them without training, and refuses kept runs of other settings."""
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(schedule={"steps": 3})))
+    arms = [Arm("base", str(recipe))]
+    kept = tmp_path / "results" / "suite"
+    with keep_results(kept):
+        records = run_arms(arms, [0], tmp_path / "runs")
+    assert sorted(p.name for p in (kept / "base" / "seed0").iterdir()) == sorted(KEPT_FILES)
+    shutil.rmtree(tmp_path / "runs")
+    with keep_results(kept):
+        again = run_arms(arms, [0], tmp_path / "runs")
+    assert not (tmp_path / "runs" / "base" / "seed0").exists()  # nothing was trained
+    assert again[0]["acc"] == records[0]["acc"] and again[0]["curve"] == records[0]["curve"]
+    with keep_results(kept), pytest.raises(RuntimeError, match="other settings"):
+        run_arms([Arm("base", str(recipe), ["optim.lr=0.5"])], [0], tmp_path / "runs")
 
 
 def test_bench_cli_unknown_suite(capsys):

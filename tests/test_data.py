@@ -426,3 +426,37 @@ def test_measure_input_pipeline(fm):
     assert measure_input_pipeline(b, batch_size=64, batches=5) > 0  # 3 batches/epoch: exercises the loader restart
     tiny = build_datasets("fashion-mnist", train_subset=50)
     assert measure_input_pipeline(tiny, batch_size=64, batches=2) > 0  # fewer images than one batch
+
+
+def test_download_checks_the_official_content_sha256(tmp_path, monkeypatch, fmnist):
+    """The system copy's decompressed content is the official one; a download whose content differs (tampered, or
+    a different file of the right shape) is refused and leaves no file behind."""
+    system = zd.FASHION_MNIST_SYSTEM_DIR
+    for name, digest in zd.FASHION_MNIST_SHA256.items():
+        assert zd.content_sha256(system / name) == digest, name
+
+    def serve(url, timeout):  # the official bytes, except one flipped label in the training labels
+        name = url.rsplit("/", 1)[-1]
+        data = (system / name).read_bytes()
+        if name == "train-labels-idx1-ubyte.gz":
+            raw = bytearray(gzip.decompress(data))
+            raw[-1] = (raw[-1] + 1) % 10
+            data = gzip.compress(bytes(raw))
+
+        class Response:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *a):
+                return False
+
+            def read(self):
+                return data
+
+        return Response()
+
+    monkeypatch.setattr(zd.urllib.request, "urlopen", serve)
+    with pytest.raises(DataError, match="sha256"):
+        zd._download(tmp_path)
+    assert not (tmp_path / "train-labels-idx1-ubyte.gz").exists()
+    assert not list(tmp_path.glob("*.part"))

@@ -258,8 +258,10 @@ def test_push_refuses_offline_or_without_token(exported, monkeypatch, capsys, no
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_TOKEN")
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    # nor one saved by `hf auth login` (huggingface_hub reads the path into its constants at import)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(exported.parent / "no-saved-token"))
     assert main(["push", str(exported), REPO]) == 2
-    assert "HF_TOKEN: no token in the environment" in capsys.readouterr().err
+    assert "HF_TOKEN: no token: set HF_TOKEN" in capsys.readouterr().err
     monkeypatch.setenv("HF_TOKEN", "hf_dummy")
     assert main(["push", str(exported), "acme/other-name"]) == 2  # the card's usage names another repo
     assert "re-run `zoo export" in capsys.readouterr().err
@@ -332,3 +334,48 @@ def test_reexport_is_byte_identical(exported, run_dir, tmp_path):
     assert len(read_metadata(exported / "model.safetensors")) >= 3  # enough keys for a hash order to show
     for name in names:
         assert (again / name).read_bytes() == (exported / name).read_bytes(), name
+
+
+def test_push_uses_the_saved_login_token_and_passes_revision_and_pr(
+    exported, monkeypatch, capsys, no_network, tmp_path
+):
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls["token"] = token
+
+        def create_repo(self, repo_id, **kw):
+            pass
+
+        def create_branch(self, repo_id, **kw):
+            calls["branch"] = kw["branch"]
+
+        def upload_folder(self, **kw):
+            calls["upload_folder"] = kw
+            return type("Info", (), {"commit_url": "c", "pr_url": "https://huggingface.co/x/discussions/1"})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    saved = tmp_path / "token"
+    saved.write_text("hf_saved_by_login")
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(saved))
+    assert main(["push", str(exported), REPO, "--revision", "v2"]) == 0
+    assert calls["token"] == "hf_saved_by_login" and calls["branch"] == "v2"
+    assert calls["upload_folder"]["revision"] == "v2" and calls["upload_folder"]["create_pr"] is False
+    assert main(["push", str(exported), REPO, "--create-pr"]) == 0
+    assert calls["upload_folder"]["create_pr"] is True
+    assert "discussions/1" in capsys.readouterr().out
+
+
+def test_export_evaluates_per_class_and_agrees_with_the_run(exported, run_dir):
+    per_class = json.loads((exported / "per_class.json").read_text())
+    result = json.loads((run_dir / "result.json").read_text())
+    assert abs(per_class["acc"] - result["final_acc"]) < 1e-6  # the same weights on the same images
+    assert sum(map(sum, per_class["matrix"])) == result["test_images"]
+    assert [r["class"] for r in per_class["per_class"]][0] == "T-shirt/top"
+    card = (exported / "README.md").read_text()
+    assert "Evaluated again at export" in card and "| T-shirt/top |" in card
+    assert (exported / "confusion_matrix.png").is_file() and "confusion_matrix.png" in card

@@ -93,6 +93,15 @@ def records(out: Path) -> list[dict]:
     return recs
 
 
+def wait_for_step(proc: subprocess.Popen, out: Path, step: int) -> None:
+    """Until the running process has logged training step ``step``."""
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while max((r["step"] for r in records(out) if "loss" in r), default=0) < step:
+        assert proc.poll() is None, f"exited before step {step}:\n{proc.stderr_path.read_text()[-3000:]}"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+
+
 def checkpoint_steps(out: Path) -> list[int]:
     return [int(p.name.removeprefix(ckpt.PREFIX)) for p in ckpt.list_checkpoints(out / "checkpoints")]
 
@@ -140,11 +149,7 @@ def assert_matches_reference(out: Path, ref: Path) -> None:
 def test_sigkill_mid_epoch_at_an_arbitrary_moment(references, tmp_path):
     recipe, out = write_recipe(tmp_path, "plain"), tmp_path / "run"
     proc = start(recipe, out)
-    deadline = time.monotonic() + RUN_TIMEOUT
-    while max((r["step"] for r in records(out) if "loss" in r), default=0) < 5:
-        assert proc.poll() is None, f"exited before step 5:\n{proc.stderr_path.read_text()[-3000:]}"
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    wait_for_step(proc, out, 5)
     proc.send_signal(signal.SIGKILL)
     rc, _ = finish(proc)
     assert rc == KILLED, "the run finished before the kill: nothing was tested"
@@ -217,4 +222,65 @@ def test_kill_before_prune_damaged_latest_and_several_resumes(references, tmp_pa
     err = resume_to_end(recipe, out)
     assert "skipping damaged checkpoint" not in err
     assert json.loads((out / "result.json").read_text())["resumed_from"] == 8
+    assert_matches_reference(out, references["plain"])
+
+
+def _flip_a_weight_byte(folder: Path) -> None:
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-9] ^= 0xFF  # inside the tensor data: the header (and so the structural check) stays intact
+    weights.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "flipped weight byte": _flip_a_weight_byte,
+    "deleted RNG state": lambda folder: (folder / "random_states_0.pkl").unlink(),
+    "truncated optimizer state": lambda folder: (folder / "optimizer.bin").write_bytes(b"\0" * 16),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_newest_checkpoint_falls_back_to_an_intact_one(references, tmp_path, damage):
+    """Each file of a checkpoint is hashed when it is written: damage that Accelerate would load silently (a flipped
+    weight byte, a deleted RNG state, which Accelerate's load_state only logs) is caught, the newest intact checkpoint
+    is used with a warning naming the file, and the run ends bitwise equal to the uninterrupted one."""
+    recipe, out = write_recipe(tmp_path, "plain"), tmp_path / "run"
+    rc, err = run(recipe, out, "--stop-after", "8")
+    assert rc == 0, err[-3000:]
+    assert checkpoint_steps(out) == [6, 8]
+    newest = out / "checkpoints" / ckpt.checkpoint_name(8)
+    DAMAGE[damage](newest)
+    assert ckpt.is_valid(newest) is not None
+    err = resume_to_end(recipe, out)
+    assert "skipping damaged checkpoint" in err and ckpt.checkpoint_name(8) in err, err[-3000:]
+    assert json.loads((out / "result.json").read_text())["resumed_from"] == 6
+    assert_matches_reference(out, references["plain"])
+
+
+def test_resume_without_any_intact_checkpoint_says_it_starts_from_step_0(references, tmp_path):
+    recipe, out = write_recipe(tmp_path, "plain"), tmp_path / "run"
+    assert run(recipe, out, "--stop-after", "4")[0] == 0
+    for folder in ckpt.list_checkpoints(out / "checkpoints"):
+        _flip_a_weight_byte(folder)
+    rc, _ = run(recipe, out, "--resume")
+    stdout = sorted(out.parent.glob(f"{out.name}.*.stdout"))[-1].read_text()
+    assert rc == 0 and "starting from step 0" in stdout
+    assert_matches_reference(out, references["plain"])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_saves_a_checkpoint_and_resumes_exactly(references, tmp_path, signum):
+    """A scheduler's SIGTERM or a Ctrl-C mid-epoch: the step in progress finishes, a checkpoint of it is written
+    (although none is due), the exit code is 128 + the signal, and the resumed run equals the uninterrupted one."""
+    recipe, out = write_recipe(tmp_path, "plain"), tmp_path / "run"
+    proc = start(recipe, out)
+    wait_for_step(proc, out, 3)
+    proc.send_signal(signum)
+    rc, err = finish(proc)
+    assert rc == 128 + signum, err[-3000:]
+    assert f"stopped by {signal.Signals(signum).name}" in err
+    state = ckpt.read_state(ckpt.latest_valid(out / "checkpoints"))
+    stopped_at = max(r["step"] for r in records(out) if "loss" in r)
+    assert state["step"] == stopped_at, "the checkpoint is of the step the signal interrupted"
+    resume_to_end(recipe, out)
     assert_matches_reference(out, references["plain"])

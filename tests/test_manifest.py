@@ -47,9 +47,8 @@ def test_extra_cannot_shadow_collected_fields():
 
 
 def test_git_absent_outside_repo(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
-    assert mf.git_state() == (None, None)
+    assert mf.git_state(tmp_path) == (None, None)
 
 
 def test_git_missing_binary(monkeypatch):
@@ -154,3 +153,23 @@ def test_write_json_atomic_unserializable_touches_nothing(tmp_path):
     with pytest.raises(TypeError):
         write_json_atomic(target, {"x": object()})
     assert not target.exists() and os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
+def test_a_planted_git_config_runs_nothing(tmp_path, monkeypatch):
+    """A repository's config can name a program `git status` runs (core.fsmonitor); reading the revision must not
+    run it, and the manifest asks the package's checkout, not the working directory."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True, capture_output=True)
+    (repo / "f.txt").write_text("a")
+    env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+    for args in (["add", "f.txt"], ["-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "x"]):
+        subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, env=env)
+    planted = tmp_path / "PLANTED"
+    with open(repo / ".git" / "config", "a") as f:  # planted after our own `git add`, which would run it
+        f.write(f"[core]\n\tfsmonitor = touch {planted}\n")
+    assert mf.git_state(repo)[0] is not None  # a repository with a commit: `git status` does run
+    monkeypatch.chdir(repo)
+    collect_manifest()
+    assert not planted.exists()

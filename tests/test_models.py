@@ -125,3 +125,75 @@ def test_features_only_getter():
     m = timm.create_model("zoo_vit_micro_p4", features_only=True, out_indices=(1, 3))
     feats = m(torch.randn(2, 1, 28, 28))
     assert [f.shape for f in feats] == [torch.Size([2, 96, 7, 7])] * 2
+
+
+# ------------------------------------------------------------------------------------- the contributed-family contract
+@pytest.mark.parametrize("name", ZOO_MODELS)
+def test_every_family_meets_the_contract_and_trains_a_step_with_each_declared_feature(name):
+    """One optimizer step per registered model: plain, with the bottom half frozen (the frozen blocks must run
+    without a graph, or freezing saves nothing), and with routing and growth where the family declares them."""
+    from zoo.growth.operators import grow
+    from zoo.models.contract import check_zoo_model
+    from zoo.training.freezing import set_trainable_from
+
+    def step(m):
+        opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-3)
+        loss = m.train()(example_input(m, 2)).logsumexp(-1).mean()
+        loss.backward()
+        opt.step()
+        assert torch.isfinite(loss)
+
+    m = make(name, {})
+    check_zoo_model(m)
+    step(m)
+
+    m = make(name, {})
+    half = len(m.blocks) // 2
+    set_trainable_from(m, 1 + half)  # the stem and blocks[:half] frozen
+    graphs = []
+
+    def record(mod, inputs, out):  # reversible blocks return their two streams
+        graphs.append((out[0] if isinstance(out, tuple) else out).requires_grad)
+
+    hooks = [b.register_forward_hook(record) for b in m.blocks]
+    step(m)
+    for h in hooks:
+        h.remove()
+    assert graphs[:half] == [False] * half, f"{name}: frozen blocks built an autograd graph"
+    assert all(p.grad is None for p in m.blocks[0].parameters())
+
+    if getattr(m, "supports_routing", False):
+        m = make(name, {})
+        m.set_routing({"capacity": 0.5, "layers": "every_other"})
+        check_zoo_model(m)
+        step(m)
+    if getattr(m, "supports_growth", False):
+        m = make(name, {})
+        grow(m, {"depth": len(m.blocks) + 1})
+        check_zoo_model(m)
+        step(m)
+
+
+def test_a_family_missing_a_piece_fails_at_build_naming_it():
+    from zoo.models.contract import ContractError, check_zoo_model
+
+    class Mixer(torch.nn.Module):  # what a contributor might write first
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList([torch.nn.Linear(4, 4)])
+            self.model_args = {"img_size": "28", "in_chans": 1, "depth": 1}
+
+        def forward_features(self, x):
+            return x
+
+        def forward_head(self, x):
+            return x
+
+        def reset_classifier(self, n):
+            pass
+
+    with pytest.raises(ContractError, match=r"Mixer: missing timm interface method\(s\) \['group_matcher'\]"):
+        check_zoo_model(Mixer())
+    Mixer.group_matcher = lambda self, coarse=False: {}
+    with pytest.raises(ContractError, match="img_size"):
+        check_zoo_model(Mixer())

@@ -80,3 +80,15 @@ def test_every_suite_has_its_section_in_the_readme():
     text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for name in SUITES:  # `zoo readme` would fail on a suite whose results have nowhere to go
         assert text.count(f"<!-- bench-{name}:start -->") == 1 and text.count(f"<!-- bench-{name}:end -->") == 1
+
+
+def test_zoo_table_leads_with_the_newest_model(tmp_path):
+    from zoo.bench.readme import zoo_table
+
+    for name, created in (("a_old.fmnist", "2026-11-24T04:21:23+00:00"), ("z_new.fmnist", "2026-12-03T01:00:00+00:00")):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "result.json").write_text(json.dumps({"final_acc": 0.9, "wall_clock_s": 60.0}))
+        (folder / "manifest.json").write_text(json.dumps({"created_at": created}))
+    rows = [line for line in zoo_table(tmp_path).splitlines() if line.startswith("| ") and "fmnist" in line]
+    assert [r.split(" | ")[0] for r in rows] == ["| z_new.fmnist", "| a_old.fmnist"]

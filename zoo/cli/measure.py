@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def _profile_target(name: str, img_size: int | None):
@@ -29,7 +30,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from zoo.measure.profile import format_profile, profile_model
 
     model = _profile_target(args.target, args.img_size)
-    res = profile_model(model, batch=args.batch, img_size=args.img_size, precision=args.precision, iters=args.iters)
+    precision = args.precision
+    if precision == "auto":  # what a recipe's `train.precision: auto` would choose here, then profiled
+        from zoo.training.precision import choose_precision
+
+        precision, ratio = choose_precision(model, args.batch)
+        print(f"auto: {precision} (bf16 step {ratio:.2f}x the fp32 speed on this machine)", file=sys.stderr)
+    res = profile_model(model, batch=args.batch, img_size=args.img_size, precision=precision, iters=args.iters)
     print(json.dumps(res, default=str) if args.json else format_profile(res))
     return 0
 
@@ -39,7 +46,7 @@ def register(sub) -> None:
     register_bench(sub)
     register_plan(sub)
     s = sub.add_parser("readme", help="rewrite README result sections from saved bench summaries")
-    s.add_argument("--bench-dir", default="runs/bench")
+    s.add_argument("--bench-dir", default="results", help="folder of suite summaries (SUITE/summary.json)")
     s.add_argument("--readme", default="README.md")
     s.set_defaults(fn=cmd_readme)
 
@@ -70,26 +77,33 @@ def register_profile(sub) -> None:
     s.add_argument("target", help="model name, folder, local-dir:/hf-hub: id, or recipe .yaml")
     s.add_argument("--batch", type=int, default=32)
     s.add_argument("--img-size", type=int, default=None)
-    s.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    s.add_argument(
+        "--precision", choices=["fp32", "bf16", "auto"], default="fp32", help="auto: measure both, profile the faster"
+    )
     s.add_argument("--iters", type=int, default=10)
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(fn=cmd_profile)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    import shutil
     from pathlib import Path
 
+    from zoo.bench.runner import keep_results
     from zoo.bench.suites import SUITES
     from zoo.utils.manifest import collect_manifest, write_json_atomic
 
     if args.suite not in SUITES:
         raise ValueError(f"zoo bench: suite: unknown suite {args.suite!r} (available: {', '.join(sorted(SUITES))})")
-    out = Path(args.out or f"runs/bench/{args.suite}{'-quick' if args.quick else ''}")
+    name = f"{args.suite}{'-quick' if args.quick else ''}"
+    out = Path(args.out or f"runs/bench/{name}")
     out.mkdir(parents=True, exist_ok=True)
+    kept = Path(args.results) / name if args.results else None
     seeds = [int(s) for s in args.seeds.split(",")]
-    summary = SUITES[args.suite](
-        quick=args.quick, out=out, seeds=seeds, allow_mismatch=args.allow_mismatch, overrides=args.set
-    )
+    with keep_results(kept):
+        summary = SUITES[args.suite](
+            quick=args.quick, out=out, seeds=seeds, allow_mismatch=args.allow_mismatch, overrides=args.set
+        )
     summary = {
         "suite": args.suite,
         "quick": args.quick,
@@ -99,6 +113,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "manifest": collect_manifest(extra={"arm": None}),
     }
     write_json_atomic(out / "summary.json", summary)
+    if kept is not None:  # the summary and its tables and plots beside the kept runs, for `zoo readme` anywhere
+        kept.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(kept / "summary.json", summary)
+        for f in [*out.glob("*.md"), *out.glob("*.png")]:
+            shutil.copy2(f, kept / f.name)
     if args.update_readme:
         from zoo.bench.readme import bench_markdown, update_readme
 
@@ -119,7 +138,13 @@ def register_bench(sub) -> None:
     s.add_argument("--quick", action="store_true", help="reduced version (~2 minutes) that still measures real ratios")
     s.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     s.add_argument("--seeds", default="0,1,2", help="seeds for multi-seed training arms (full suites)")
-    s.add_argument("--out", default=None, help="results folder (default runs/bench/SUITE)")
+    s.add_argument("--out", default=None, help="folder of the runs (default runs/bench/SUITE)")
+    s.add_argument(
+        "--results",
+        default="results",
+        help="tracked folder where each finished run's records and the summary are kept and reused (results/SUITE); "
+        "'' keeps nothing",
+    )
     s.add_argument("--allow-mismatch", action="store_true", help="compare runs whose manifests differ")
     s.add_argument(
         "--set",

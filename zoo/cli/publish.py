@@ -47,7 +47,14 @@ def cmd_push(args: argparse.Namespace) -> int:
             f"`zoo export RUN_DIR {args.folder} --force --repo-id {args.repo_id}`",
         )
     try:
-        url = push_folder(args.folder, args.repo_id, private=args.private, message=args.message)
+        url = push_folder(
+            args.folder,
+            args.repo_id,
+            private=args.private,
+            message=args.message,
+            revision=args.revision,
+            create_pr=args.create_pr,
+        )
     except ValueError:
         raise  # input errors (folder, card, repo id, offline, token): exit 2 with the file and field
     except Exception as e:  # the network boundary: HTTP errors, connection errors (httpx's are not OSErrors)
@@ -105,6 +112,8 @@ def register(sub) -> None:
     s.add_argument("repo_id", metavar="ORG/NAME")
     s.add_argument("--private", action="store_true", help="create the repo as private")
     s.add_argument("--message", default=None, help="commit message")
+    s.add_argument("--revision", default=None, help="branch to commit to (created from main if missing)")
+    s.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
     s.set_defaults(fn=cmd_push)
 
     s = sub.add_parser("reproduce", help="re-run a model card's recipe (optionally its first K epochs) and compare")

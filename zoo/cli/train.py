@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 from pathlib import Path
 
 from zoo.training.recipe_lookup import resolve_recipe_path, schedules_dir
@@ -38,24 +40,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(
         recipe, out, resume=args.resume, force=args.force, progress=not args.no_progress, stop_after=args.stop_after
     )
-    print(
-        json.dumps(
-            {
-                "out_dir": str(result.out_dir),
-                "final_acc": result.final_acc,
-                "steps": result.steps,
-                "wall_clock_s": round(result.wall_clock_s, 1),
-                "img_per_s": round(result.img_per_s, 1),
-            }
-        )
-    )
+    acc = result.final_acc if math.isfinite(result.final_acc) else None  # a session stopped before any evaluation
+    summary = {
+        "out_dir": str(result.out_dir),
+        "final_acc": acc,
+        "steps": result.steps,
+        "finished": result.steps >= result.total_steps,
+        "wall_clock_s": round(result.wall_clock_s, 1),
+        "img_per_s": round(result.img_per_s, 1),
+    }
+    if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not one per process
+        print(json.dumps(summary, allow_nan=False))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from zoo.training.evaluation import evaluate_source
 
-    res = evaluate_source(args.model, args.data, path=args.data_path, batch_size=args.batch_size, classes=args.classes)
+    res = evaluate_source(
+        args.model, args.data, path=args.data_path, batch_size=args.batch_size, classes=args.classes, progress=True
+    )
     print(json.dumps(res) if args.json else f"{args.model}: top-1 {res['acc'] * 100:.2f}% on {res['n']} images")
     return 0
 

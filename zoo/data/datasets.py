@@ -38,6 +38,7 @@ class DatasetBundle:
         mean: Per-channel normalization mean (of x / 255).
         std: Per-channel normalization std.
         class_names: Names of the classes, index = label.
+        eval_split: ``"test"``, or ``"val"`` when ``test_x`` / ``test_y`` are a validation split held out of train.
     """
 
     train_x: torch.Tensor
@@ -50,6 +51,7 @@ class DatasetBundle:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: list[str]
+    eval_split: str = "test"
 
 
 def _channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -98,6 +100,23 @@ def _stratified_subset(y: torch.Tensor, n: int) -> torch.Tensor:
     return take.sort().values
 
 
+def _hold_out(
+    x: torch.Tensor, y: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split ``n`` images off the training set as a validation split: the class-balanced, seed-independent subset of
+    :func:`_stratified_subset` (so every run and every recipe holds out the same images), the rest stays for
+    training. Returns ``train_x, train_y, val_x, val_y``."""
+    _check_subset(n, "data.val_split")
+    if n >= len(y):
+        raise DataError(
+            f"data.val_split: {n} would leave no training images (the split has {len(y)})", field="data.val_split"
+        )
+    held = _stratified_subset(y, n)
+    keep = torch.ones(len(y), dtype=torch.bool)
+    keep[held] = False
+    return x[keep], y[keep], x[held], y[held]
+
+
 def _check_subset(n: int | None, field: str) -> None:
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n <= 0):
         raise DataError(f"{field} must be a positive int (or null for all), got {n!r}", field=field)
@@ -142,6 +161,7 @@ def build_datasets(
     test_subset: int | None = None,
     img_size: int | None = None,
     in_chans: int | None = None,
+    val_split: int | None = None,
 ) -> DatasetBundle:
     """Build a :class:`DatasetBundle` from a dataset name.
 
@@ -155,6 +175,8 @@ def build_datasets(
         train_subset: Keep a deterministic class-balanced subset of at most this many train samples (after the class
             filter); see :func:`_stratified_subset`.
         test_subset: Same for the eval split.
+        val_split: Hold out this many (class-balanced, seed-independent) training images and make them the eval
+            split in place of the test split (``eval_split`` is then ``"val"``): settings are chosen on it.
         img_size: Output side, required for image folders. For Fashion-MNIST it may be given but must be 28.
         in_chans: 1 or 3, required for image folders. For Fashion-MNIST it may be given but must be 1.
 
@@ -177,6 +199,10 @@ def build_datasets(
         train_x, train_y = _filter_classes(train_x, train_y, classes, n_all)
         test_x, test_y = _filter_classes(test_x, test_y, classes, n_all)
         class_names = [class_names[c] for c in classes]
+    eval_split = "test"
+    if val_split is not None:
+        train_x, train_y, test_x, test_y = _hold_out(train_x, train_y, val_split)
+        eval_split = "val"
     _check_subset(train_subset, "data.train_subset")
     _check_subset(test_subset, "data.test_subset")
     # A subset larger than the split means "all of it" (e.g. a fixed smoke-test size on a tiny image folder).
@@ -198,4 +224,5 @@ def build_datasets(
         mean=tuple(mean),
         std=tuple(std),
         class_names=class_names,
+        eval_split=eval_split,
     )

@@ -4,6 +4,7 @@ to ``/usr/share/datasets/fashion-mnist``), downloading them where the network al
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import os
 import struct
@@ -67,13 +68,32 @@ def _candidate_dirs(path: str | os.PathLike | None) -> list[Path]:
     return dirs
 
 
+# sha256 of each file's decompressed content (the IDX bytes), identical in the official and the Debian copies
+FASHION_MNIST_SHA256 = {
+    "train-images-idx3-ubyte.gz": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte.gz": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte.gz": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+
+
+def content_sha256(path: Path) -> str:
+    """sha256 of a ``.gz`` file's decompressed bytes."""
+    h = hashlib.sha256()
+    with gzip.open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _download(dest: Path) -> None:
     """Download the four official Fashion-MNIST files into ``dest``.
 
     Each file goes to a ``.part`` name first and is renamed only once it parses as a valid IDX file of the expected
-    shape, so an interrupted download never leaves a file that :func:`find_fashion_mnist` would accept. (Content is
-    validated structurally rather than by checksum: the S3 endpoint is HTTP-only and distributions such as Debian
-    re-compress the files, so gz checksums differ between equally valid copies.)
+    shape and its decompressed bytes have the official sha256, so an interrupted or tampered download (the endpoint
+    is HTTP-only) never leaves a file that :func:`find_fashion_mnist` would accept. The check is on the decompressed
+    content: distributions such as Debian re-compress the files, so gz checksums differ between equally valid
+    copies.
 
     Raises:
         DataError: On any network, filesystem or validation failure.
@@ -94,6 +114,9 @@ def _download(dest: Path) -> None:
             shape = tuple(read_idx(part).shape)
             if shape != expected_shapes[key]:
                 raise DataError(f"downloaded {name} has shape {shape}, expected {expected_shapes[key]}", path=part)
+            digest = content_sha256(part)
+            if digest != FASHION_MNIST_SHA256[name]:
+                raise DataError(f"downloaded {name}: content sha256 {digest} is not the official one", path=part)
             os.replace(part, target)
         except (OSError, DataError) as e:  # URLError and socket timeouts are OSErrors
             part.unlink(missing_ok=True)

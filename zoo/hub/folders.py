@@ -7,7 +7,9 @@ file of a timm/zoo ViT. Every failure names the file and the field.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import inspect
 import json
 import os
 from pathlib import Path
@@ -187,10 +189,45 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
     ]
     if bad:
         raise ModelLoadError(source, "weights", "shape mismatch with config: " + "; ".join(bad[:3]))
+    # load_state_dict casts silently: int64 "weights" would load as floats and evaluate as garbage
+    bad = [f"{k}: file {state[k].dtype} vs model {v.dtype}" for k, v in own.items() if not _same_kind(state[k], v)]
+    if bad:
+        raise ModelLoadError(source, "weights", "dtype mismatch: " + "; ".join(bad[:3]))
     model.load_state_dict(state, strict=True)
 
 
+# Bounds on the sizes an untrusted config.json may ask for: far above any zoo model, far below what hangs a loader
+# (a depth of a million builds for minutes) or exhausts memory before the weights are even read.
+ARG_LIMITS = {"depth": (1, 256), "embed_dim": (1, 16384), "num_heads": (1, 512), "num_classes": (0, 1_000_000),
+              "img_size": (1, 8192), "patch_size": (1, 1024), "in_chans": (1, 64), "mlp_ratio": (0, 64),
+              "stem_width": (1, 4096), "reg_tokens": (0, 1024)}  # fmt: skip
+
+
+def check_model_args(arch: str, model_args: dict, source: str) -> None:
+    """Only the arguments the architecture records in its own ``model_args`` (what ``zoo export`` writes), each
+    within ``ARG_LIMITS``. ``timm.create_model`` also takes loader arguments (``checkpoint_path`` opens any file,
+    ``pretrained_cfg_overlay`` redirects downloads): from a downloaded folder they are refused."""
+    with torch.device("meta"):  # the default architecture's recorded arguments, without allocating its weights
+        reference = timm.create_model(arch, pretrained=False)
+    known = set(getattr(reference, "model_args", None) or inspect.signature(type(reference)).parameters)
+    known.add("num_classes")  # the head's size is stored beside model_args in config.json
+    for key, value in model_args.items():
+        if key not in known:
+            msg = f"not an argument {arch} records (known: {', '.join(sorted(known))})"
+            raise ModelLoadError(source, f"model_args.{key}", msg)
+        low, high = ARG_LIMITS.get(key, (None, None))
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if low is not None and any(isinstance(v, (int, float)) and not low <= v <= high for v in values):
+            raise ModelLoadError(source, f"model_args.{key}", f"{value!r} is outside [{low}, {high}]")
+
+
+def _same_kind(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Both floating point (fp32 / fp16 / bf16 weights load into any float model) or exactly the same dtype."""
+    return a.dtype == b.dtype or (a.is_floating_point() and b.is_floating_point())
+
+
 def _build(arch: str, model_args: dict, source: str, **overrides) -> nn.Module:
+    check_model_args(arch, model_args, source)
     kwargs = {**model_args, **overrides}
     try:
         return timm.create_model(arch, pretrained=False, **kwargs)
@@ -204,6 +241,8 @@ def load_folder(folder: str | Path, **overrides) -> nn.Module:
     if not folder.is_dir():
         raise ModelLoadError(str(folder), "<folder>", "model folder not found")
     cfg_path = folder / CONFIG_NAME
+    if not cfg_path.exists() and (folder / "model" / CONFIG_NAME).is_file():  # a `zoo train --out` run folder
+        raise ModelLoadError(str(folder), "<folder>", f"a run folder; its model is {folder / 'model'}")
     cfg = read_config(cfg_path)
     args = dict(cfg.get("model_args", {}))
     if "num_classes" in cfg:
@@ -263,7 +302,19 @@ def load_model(source: str, **overrides) -> nn.Module:
         return _load_published(source, **overrides)
     if timm.is_model(source):
         return timm.create_model(source, **overrides)  # a bare architecture name: untrained, as in timm
-    raise ModelLoadError(source, "<source>", "not a folder, local-dir:/hf-hub: id, or registered model name")
+    close = difflib.get_close_matches(source, [*timm.list_models("zoo_*"), *PUBLISHED], n=3)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    raise ModelLoadError(source, "<source>", "not a folder, local-dir:/hf-hub: id, or registered model name" + hint)
+
+
+def default_published_tag(name: str) -> str | None:
+    """The published tag ``timm.create_model(name, pretrained=True)`` loads for a bare architecture name, or None
+    when the architecture has no published weights."""
+    try:
+        tag = timm.models.get_pretrained_cfg(name).tag
+    except (RuntimeError, AttributeError):
+        return None
+    return f"{name}.{tag}" if tag and f"{name}.{tag}" in PUBLISHED else None
 
 
 def _load_published(tag: str, **overrides) -> nn.Module:
@@ -272,6 +323,12 @@ def _load_published(tag: str, **overrides) -> nn.Module:
     build random weights with only a logged warning."""
 
     if tag not in PUBLISHED:
+        try:
+            hub_id = timm.models.get_pretrained_cfg(tag).hf_hub_id
+        except RuntimeError:  # a tag timm does not know
+            hub_id = None
+        if hub_id and hub_id.startswith("timm/"):  # timm's own weights (safetensors on the hub) in a zoo model
+            return timm.create_model(tag, pretrained=True, **overrides)
         raise ModelLoadError(tag, "<tag>", f"no published weights under this tag; published: {sorted(PUBLISHED)}")
     folder = card_folder(tag)
     if not (folder / CONFIG_NAME).is_file():  # a pip-installed package without the bundled model_cards/
@@ -299,13 +356,23 @@ def _env_true(name: str) -> bool:
     return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
-def push_folder(folder: str | Path, repo_id: str, private: bool = False, message: str | None = None) -> str:
-    """Upload a model folder to the hub with ``HfApi`` (token from ``HF_TOKEN``); returns the commit URL.
+def push_folder(
+    folder: str | Path,
+    repo_id: str,
+    private: bool = False,
+    message: str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+) -> str:
+    """Upload a model folder to the hub with ``HfApi``; returns the commit (or pull request) URL.
+
+    The token is ``huggingface_hub.get_token()``'s: ``HF_TOKEN``, else the one ``hf auth login`` saved. ``revision``
+    commits to that branch (created from main if missing); ``create_pr`` opens a pull request instead of committing.
 
     Refuses before any network call when offline (``HF_HUB_OFFLINE``), without a token, or when the folder does
     not load (weights are verified against their stored hash first).
     """
-    from huggingface_hub import HfApi, constants
+    from huggingface_hub import HfApi, constants, get_token
     from huggingface_hub.utils import validate_repo_id
 
     folder = Path(folder)
@@ -320,17 +387,22 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, message
         raise PublishError(str(folder / "README.md"), "<file>", "no model card: write the folder with `zoo export`")
     if constants.is_offline_mode() or _env_true("HF_HUB_OFFLINE"):
         raise PublishError(f"hf-hub:{repo_id}", "HF_HUB_OFFLINE", "offline mode is set: cannot upload; unset it")
-    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    token = get_token() or os.environ.get("HUGGING_FACE_HUB_TOKEN")
     if not token:
-        raise PublishError(f"hf-hub:{repo_id}", "HF_TOKEN", "no token in the environment: set HF_TOKEN (write scope)")
+        msg = "no token: set HF_TOKEN (write scope) or run `hf auth login`"
+        raise PublishError(f"hf-hub:{repo_id}", "HF_TOKEN", msg)
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    if revision and not create_pr:
+        api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
     info = api.upload_folder(
         repo_id=repo_id,
         folder_path=str(folder),
         repo_type="model",
+        revision=revision,
+        create_pr=create_pr,
         allow_patterns=list(PUSH_FILES),
         ignore_patterns=[".*"],
         commit_message=message or f"Upload {folder.name} with zoo push",
     )
-    return str(getattr(info, "commit_url", info))
+    return str(getattr(info, "pr_url", None) or getattr(info, "commit_url", info))

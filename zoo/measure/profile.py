@@ -26,7 +26,7 @@ import contextlib
 import copy
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from zoo.measure.flops import count_flops
+from zoo.measure.machine import measure_gemm_peak
 from zoo.measure.memory import measure_train_memory, train_memory
 from zoo.measure.steps import (
     PRECISIONS,
@@ -48,6 +49,7 @@ from zoo.measure.steps import (
     train_step,
 )
 from zoo.measure.stopwatch import median_time
+from zoo.utils.manifest import cpu_capability
 from zoo.utils.units import mib, si
 
 __all__ = [
@@ -57,38 +59,6 @@ __all__ = [
     "measure_train_memory",
     "profile_model",
 ]
-
-GEMM_SIZES = (1024, 2048)
-
-
-# ------------------------------------------------------------------------------------------------------ GEMM peak
-def measure_gemm_peak(
-    precision: str = "fp32", size: int | Sequence[int] = GEMM_SIZES, device: str | None = None, min_time: float = 0.2
-) -> float:
-    """Best FLOP/s of square ``size x size`` matmuls at ``precision`` (bf16 matmuls run on bf16 tensors).
-
-    Each size is warmed up once, then timed repeatedly (at least 3 times and ``min_time`` seconds); the fastest run
-    of the fastest size is returned. Best-of rather than median because the question is what the hardware can do,
-    and other load on the machine only ever makes a run slower.
-    """
-    dtype = check_precision(precision) or torch.float32
-    device = resolve_device(device)
-    sizes = [size] if isinstance(size, int) else list(size)
-    best = 0.0
-    for n in sizes:
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
-        torch.mm(a, b)
-        sync(device)
-        runs: list[float] = []
-        start = time.perf_counter()
-        while len(runs) < 3 or time.perf_counter() - start < min_time:
-            t0 = time.perf_counter()
-            torch.mm(a, b)
-            sync(device)
-            runs.append(time.perf_counter() - t0)
-        best = max(best, 2 * n**3 / min(runs))
-    return best
 
 
 # -------------------------------------------------------------------------------------------------------- helpers
@@ -298,6 +268,7 @@ def profile_model(
         "gemm_peak_flops": gemm,
         "achieved_flops": achieved,
         "mfu": achieved / gemm,
+        "cpu_capability": cpu_capability(),
         "blocks": rows,
     }
 

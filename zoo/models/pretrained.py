@@ -3,6 +3,7 @@ repo under ``model_cards/`` (same files), which timm then loads first, so ``pret
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 HUB_ORG = "growzoo"
@@ -13,6 +14,7 @@ LOCAL_DIR = "local-dir:"
 
 # registered name -> the run that produced it (`zoo reproduce model_cards/NAME` re-runs its recipe)
 PUBLISHED = {
+    "zoo_vit_micro_conv_p4.fmnist": "schedules/fmnist_baseline.yaml",
     "zoo_vit_micro_p7.fmnist": "schedules/fmnist_micro_dense.yaml",
     "zoo_vit_micro_p7_r25.fmnist": "schedules/fmnist_dense_to_routed.yaml",
     "zoo_vit_micro_p7.fmnist_grown": "schedules/fmnist_grow_depth.yaml",
@@ -30,6 +32,11 @@ def published_cfg(name: str, base: dict) -> dict:
     weights = card_folder(name) / "model.safetensors"
     if weights.is_file():
         cfg["file"] = str(weights)
+    config = card_folder(name) / "config.json"
+    if config.is_file():  # the class names, as a local-dir: / hf-hub: load gives them
+        labels = json.loads(config.read_text()).get("label_names")
+        if isinstance(labels, list):
+            cfg["label_names"] = labels
     return cfg
 
 

@@ -145,6 +145,9 @@ class ZooMSViT(nn.Module):
     ``set_grad_checkpointing(enable, every=k, policy=...)``, both per block of the flat ``blocks`` sequence.
     """
 
+    supports_growth = False  # see the module docstring
+    supports_routing = False
+
     def __init__(
         self,
         img_size: int | tuple[int, int] = 224,

@@ -266,6 +266,9 @@ class ZooRevViT(nn.Module):
     ``zoo.training.freezing``) works as in ``ZooViT``: the stem and that many leading blocks run without a graph.
     """
 
+    supports_growth = False  # see the module docstring
+    supports_routing = False
+
     def __init__(
         self,
         img_size: int | tuple[int, int] = 224,

@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 import torch
-from timm.layers import resample_abs_pos_embed, to_2tuple, trunc_normal_
+from timm.layers import build_sincos2d_pos_embed, resample_abs_pos_embed, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -23,7 +23,9 @@ from zoo.nn.activation_checkpointing import checkpoint_context_fn
 from zoo.nn.attention import check_routing, resolve_attn_args
 from zoo.nn.block import Block
 from zoo.nn.routing import RoutedBlock, resolve_route_plan
-from zoo.nn.stems import make_stem
+from zoo.nn.stems import default_stem_width, make_stem
+
+POS_EMBED_INITS = ("normal", "sincos")
 
 
 def check_global_pool(global_pool: str, class_token: bool) -> None:
@@ -79,6 +81,7 @@ class ZooViT(nn.Module):
     """
 
     supports_growth = True  # zoo.growth.operators operators apply (single residual width, plain block list)
+    supports_routing = True  # set_routing converts blocks to RoutedBlock and back
 
     def __init__(
         self,
@@ -105,10 +108,14 @@ class ZooViT(nn.Module):
         attn_type: str = "dense",
         attn_args: dict | None = None,
         stem: str = "patch",
+        stem_width: int | None = None,
+        pos_embed_init: str = "normal",
         weight_init: str = "",
     ):
         super().__init__()
         check_global_pool(global_pool, class_token)
+        if pos_embed_init not in POS_EMBED_INITS:
+            raise ValueError(f"pos_embed_init must be one of {POS_EMBED_INITS}, got {pos_embed_init!r}")
         if isinstance(img_size, (tuple, list)):  # timm's builder passes a fixed input size as a pair
             if len(img_size) != 2 or img_size[0] != img_size[1]:
                 raise ValueError(f"img_size must be square, got {img_size}")
@@ -139,6 +146,9 @@ class ZooViT(nn.Module):
             attn_type=attn_type,
             attn_args=attn_args,
             stem=stem,
+            # resolved, so a saved config.json rebuilds the same stem whatever embed_dim has grown to since
+            stem_width=stem_width or default_stem_width(stem, embed_dim),
+            pos_embed_init=pos_embed_init,
         )
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -149,7 +159,7 @@ class ZooViT(nn.Module):
         self.checkpoint_policy = "full"
         self.no_grad_prefix = -1
 
-        self.patch_embed = make_stem(stem, img_size, patch_size, in_chans, embed_dim)
+        self.patch_embed = make_stem(stem, img_size, patch_size, in_chans, embed_dim, self.model_args["stem_width"])
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
@@ -200,8 +210,16 @@ class ZooViT(nn.Module):
         return [dict(module=f"blocks.{i}", num_chs=self.embed_dim, reduction=r) for i in range(len(self.blocks))]
 
     def init_weights(self) -> None:
-        """timm's default ('') ViT init: trunc-normal(0.02) linears and position embedding, tiny class token."""
+        """timm's default ('') ViT init: trunc-normal(0.02) linears and position embedding, tiny class token. With
+        ``pos_embed_init="sincos"`` the (still learned) position embedding of the patch tokens starts as the 2D
+        sin-cos embedding of the grid ("Better plain ViT baselines", Beyer et al. 2022, use it fixed), prefix
+        tokens at zero."""
         trunc_normal_(self.pos_embed, std=0.02)
+        if self.model_args.get("pos_embed_init") == "sincos":
+            grid = list(self.patch_embed.grid_size)
+            with torch.no_grad():
+                self.pos_embed.zero_()
+                self.pos_embed[0, self.num_prefix_tokens :] = build_sincos2d_pos_embed(grid, dim=self.embed_dim)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
         if self.reg_token is not None:
@@ -311,6 +329,8 @@ class ZooViT(nn.Module):
         """Make blocks routed / dense per ``routing`` (see ``zoo.nn.routing.resolve_route_plan``), keeping weights.
 
         Router weights start at zero (gate 1), so at capacity 1.0 the converted model computes the same function.
+        Below 1.0 the skipped tokens change the function (a published dense model loses most of its accuracy at 0.25
+        until it is fine-tuned with the routing). ``None`` makes every block dense again, dropping the routers.
         """
         plan = resolve_route_plan(len(self.blocks), routing)
         check_attention_routing(self.model_args.get("attn_type", "dense"), len(self.blocks), routing)
@@ -318,8 +338,9 @@ class ZooViT(nn.Module):
         for i, cap in enumerate(plan):
             old = self.blocks[i]
             new = self.make_block(i, cap)
+            # dense -> routed: the new router starts at zero (missing); routed -> dense: the router is dropped
             missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
-            if unexpected or any(".router." not in f".{k}" for k in missing):
+            if any(".router." not in f".{k}" for k in (*missing, *unexpected)):
                 raise RuntimeError(f"block {i}: cannot carry weights over: missing {missing}, unexpected {unexpected}")
             self.blocks[i] = new.to(device=old.norm1.weight.device, dtype=old.norm1.weight.dtype)
             self.blocks[i].train(old.training)
@@ -389,15 +410,22 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> ZooViT:
 
 default_cfgs = generate_default_cfgs(
     {
-        "zoo_vit_tiny_p16": vit_cfg(),
-        "zoo_vit_small_p16": vit_cfg(),
-        "zoo_vit_base_p16": vit_cfg(),
+        # timm's own ImageNet weights of the same shape (its default tag of vit_*_patch16_224): with network,
+        # timm.create_model("zoo_vit_small_p16", pretrained=True) downloads them into the zoo model
+        # (checkpoint_filter_fn maps the names; outputs equal timm's model)
+        "zoo_vit_tiny_p16.augreg_in21k_ft_in1k": vit_cfg(hf_hub_id="timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"),
+        "zoo_vit_small_p16.augreg_in21k_ft_in1k": vit_cfg(hf_hub_id="timm/vit_small_patch16_224.augreg_in21k_ft_in1k"),
+        "zoo_vit_base_p16.augreg2_in21k_ft_in1k": vit_cfg(hf_hub_id="timm/vit_base_patch16_224.augreg2_in21k_ft_in1k"),
         "zoo_vit_micro_p7.fmnist": published_cfg("zoo_vit_micro_p7.fmnist", fmnist_cfg()),
         "zoo_vit_micro_p7": fmnist_cfg(),
         "zoo_vit_micro_p7_r25.fmnist": published_cfg("zoo_vit_micro_p7_r25.fmnist", fmnist_cfg()),
         "zoo_vit_micro_p7.fmnist_grown": published_cfg("zoo_vit_micro_p7.fmnist_grown", fmnist_cfg()),
         "zoo_vit_micro_p7_r25.fmnist_grown": published_cfg("zoo_vit_micro_p7_r25.fmnist_grown", fmnist_cfg()),
         "zoo_vit_micro_p4": fmnist_cfg(),
+        "zoo_vit_micro_conv_p4.fmnist": published_cfg(
+            "zoo_vit_micro_conv_p4.fmnist", fmnist_cfg(first_conv="patch_embed.conv.0")
+        ),
+        "zoo_vit_micro_conv_p4": fmnist_cfg(first_conv="patch_embed.conv.0"),
         "zoo_vit_mini_p4": fmnist_cfg(),
     }
 )
@@ -446,6 +474,16 @@ def zoo_vit_micro_p4(pretrained: bool = False, **kwargs) -> ZooViT:
     """CPU-sized ViT for 28x28 grey images: patch 4 (49 tokens), width 96, 6 blocks."""
     model_args = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=96, depth=6, num_heads=3)
     return _create("zoo_vit_micro_p4", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def zoo_vit_micro_conv_p4(pretrained: bool = False, **kwargs) -> ZooViT:
+    """The zoo's dense baseline for 28x28 grey images: an early-convolution stem (3x3 convs 32 -> 64 -> 128 channels,
+    two of stride 2) to a 7x7 grid (49 tokens), width 64, 4 blocks, MLP ratio 2, mean pool. On 2 CPU cores the
+    convolutions make it learn at a CNN's pace (CHANGELOG: the baseline levers)."""
+    model_args = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=4, num_heads=2,
+                      mlp_ratio=2.0, global_pool="avg", stem="early", stem_width=32)  # fmt: skip
+    return _create("zoo_vit_micro_conv_p4", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model

@@ -117,7 +117,8 @@ class Attention(nn.Module):
             b_q, b_kv = (None, None) if self.qkv.bias is None else self.qkv.bias.split([A, 2 * A])
             q = self._heads(F.linear(x, w_q, b_q))
             M = context.shape[1]
-            k, v = F.linear(context, w_kv, b_kv).view(B, M, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            kv = F.linear(context, w_kv, b_kv).view(B, M, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            k, v = kv.unbind(0)
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
         x = x.transpose(1, 2).reshape(B, N, A)
         return self.proj_drop(self.proj(x))

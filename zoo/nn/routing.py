@@ -17,7 +17,7 @@ Why these choices (see CHANGELOG.md):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -50,6 +50,10 @@ def scatter_add_tokens(x: torch.Tensor, idx: torch.Tensor, delta: torch.Tensor) 
     return x.scatter_add(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]), delta.to(x.dtype))
 
 
+#: the keys of a model's ``routing`` spec (the recipe's ``routing`` section adds its schedule: start, anneal)
+ROUTING_KEYS = frozenset({"capacity", "layers", "router", "context"})
+
+
 def resolve_route_plan(depth: int, routing: dict | None) -> list[float | None]:
     """Per-block capacity (None = dense block) from a routing spec.
 
@@ -59,6 +63,11 @@ def resolve_route_plan(depth: int, routing: dict | None) -> list[float | None]:
     """
     if not routing:
         return [None] * depth
+    if not isinstance(routing, Mapping):
+        raise ValueError(f"routing must be a mapping of {sorted(ROUTING_KEYS)} or None, got {routing!r}")
+    unknown = sorted(set(routing) - ROUTING_KEYS)
+    if unknown:  # a misspelt key ("layer") would otherwise fall back to a default silently
+        raise ValueError(f"routing: unknown key(s) {unknown}; allowed: {sorted(ROUTING_KEYS)}")
     capacity = routing.get("capacity", 0.5)
     if isinstance(capacity, Sequence) and not isinstance(capacity, str):
         if len(capacity) != depth:

@@ -1,7 +1,15 @@
-"""Patch-embedding stems. ``patch`` is timm's ``PatchEmbed`` (one conv, kernel = stride = patch size: timm
-checkpoint compatible). ``conv`` puts a small stride-1 convolution in front of it ("early convolutions help
-transformers see better", Xiao et al. 2021): on small data a ViT learns markedly faster with a local inductive bias
-in the stem, at a cost that is small next to the transformer blocks.
+"""Patch-embedding stems, selected by the model arg ``stem``:
+
+- ``patch``: timm's ``PatchEmbed`` (one conv, kernel = stride = patch size: timm checkpoint compatible);
+- ``conv``: a small stride-1 3x3 convolution in front of the patchifying conv;
+- ``early``: the convolutional stem of "Early convolutions help transformers see better" (Xiao et al. 2021): a
+  stride-1 3x3 conv, then one stride-2 3x3 conv per factor 2 of the patch size, each with BatchNorm and GELU and
+  doubling the channels, then a 1x1 conv to the embedding width. The same token grid as ``patch``, built from
+  overlapping local features, which is what makes a ViT on small data learn at a CNN's pace.
+
+Every stem has ``PatchEmbed``'s interface (``img_size``, ``patch_size``, ``grid_size``, ``num_patches``,
+``set_input_size``) and names its last conv ``proj``, so the model, growth (which widens ``proj``) and profiling treat
+them alike.
 """
 
 from __future__ import annotations
@@ -11,7 +19,27 @@ from timm.layers import PatchEmbed, to_2tuple
 from torch import nn
 
 
-class ConvStem(nn.Module):
+class GridStem(nn.Module):
+    """What the convolutional stems share: ``PatchEmbed``'s grid bookkeeping, and ``proj`` (the last conv, to the
+    embedding width) applied to the subclass's ``features``, flattened to tokens."""
+
+    patch_size: tuple[int, int]
+    proj: nn.Conv2d
+
+    def set_input_size(self, img_size: int) -> None:
+        self.img_size = to_2tuple(img_size)
+        self.grid_size = tuple(s // p for s, p in zip(self.img_size, self.patch_size))
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(self.features(x))  # B, D, H / patch, W / patch
+        return x.flatten(2).transpose(1, 2)  # B, N, D
+
+
+class ConvStem(GridStem):
     """3x3 stride-1 conv (in -> hidden) + GELU, then the usual patchifying conv (hidden -> embed_dim, named ``proj``).
 
     Same interface as timm's ``PatchEmbed`` (``img_size``, ``patch_size``, ``grid_size``, ``num_patches``,
@@ -26,19 +54,52 @@ class ConvStem(nn.Module):
         self.proj = nn.Conv2d(hidden, embed_dim, kernel_size=patch_size, stride=patch_size)
         self.set_input_size(img_size=img_size)
 
-    def set_input_size(self, img_size: int) -> None:
-        self.img_size = to_2tuple(img_size)
-        self.grid_size = tuple(s // p for s, p in zip(self.img_size, self.patch_size))
-        self.num_patches = self.grid_size[0] * self.grid_size[1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.proj(self.act(self.conv(x)))  # B, D, H', W'
-        return x.flatten(2).transpose(1, 2)  # B, N, D
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(x))
 
 
-def make_stem(kind: str, img_size: int, patch_size: int, in_chans: int, embed_dim: int) -> nn.Module:
+class EarlyConvStem(GridStem):
+    """Stride-1 3x3 conv (in -> width), then log2(patch_size) stride-2 3x3 convs doubling the channels (each with
+    BatchNorm and GELU), then a 1x1 conv to ``embed_dim`` (named ``proj``). ``patch_size`` must be a power of 2."""
+
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int, width: int):
+        super().__init__()
+        if patch_size < 1 or patch_size & (patch_size - 1):
+            raise ValueError(
+                f"stem 'early' needs a power-of-2 patch_size (one stride-2 conv per factor 2), got {patch_size}"
+            )
+        self.patch_size = to_2tuple(patch_size)
+        chans = [width * 2**i for i in range(patch_size.bit_length())]  # width, 2 width, ... (log2(patch) doublings)
+        layers: list[nn.Module] = []
+        c_in = in_chans
+        for i, c_out in enumerate(chans):
+            stride = 1 if i == 0 else 2
+            layers += [nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.GELU()]
+            c_in = c_out
+        self.conv = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(c_in, embed_dim, kernel_size=1)
+        self.set_input_size(img_size=img_size)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+STEMS = ("patch", "conv", "early")
+
+
+def default_stem_width(kind: str, embed_dim: int) -> int | None:
+    """The ``early`` stem's first width when none is given: a quarter of the embedding width (Xiao et al. end their
+    stem at the embedding width after doublings); None for stems without a width."""
+    return max(8, embed_dim // 4) if kind == "early" else None
+
+
+def make_stem(
+    kind: str, img_size: int, patch_size: int, in_chans: int, embed_dim: int, width: int | None = None
+) -> nn.Module:
     if kind == "patch":
         return PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim)
     if kind == "conv":
         return ConvStem(img_size, patch_size, in_chans, embed_dim)
-    raise ValueError(f"stem must be 'patch' or 'conv', got {kind!r}")
+    if kind == "early":
+        return EarlyConvStem(img_size, patch_size, in_chans, embed_dim, width or default_stem_width(kind, embed_dim))
+    raise ValueError(f"stem must be one of {STEMS}, got {kind!r}")

@@ -16,6 +16,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from zoo.publish.per_class import per_class_markdown
 from zoo.utils.units import mib, si
 
 PLACEHOLDER_REPO = "ORG/NAME"
@@ -42,6 +43,8 @@ class CardInputs:
     plot_file: str | None = PLOT_NAME
     class_names: list[str] | None = None
     files: list[str] = field(default_factory=list)
+    per_class: dict | None = None  # per_class.json (zoo.publish.per_class), when the data was available at export
+    confusion_plot: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
@@ -305,8 +308,13 @@ def hardware_text(hw: dict) -> str:
     gpus = ", ".join(hw.get("gpus") or [])
     cores = hw.get("cpu_affinity") or hw.get("cpu_count")
     text = f"{cpu}, {cores} cores" if cores else cpu
+    if hw.get("cpu_capability"):  # AVX-512 vs AVX2 changes fp32 speed several times and bf16 forty times
+        text += f" ({hw['cpu_capability']})"
     if hw.get("threads") or hw.get("torch_threads"):
         text += f", {hw.get('threads') or hw['torch_threads'].get('num_threads')} torch threads"
+    peaks = hw.get("gemm_peak_gflops") or {}
+    if peaks:
+        text += ", measured GEMM peak " + " / ".join(f"{v:.0f} GFLOP/s {k}" for k, v in sorted(peaks.items()))
     return text + (f", GPUs: {gpus}" if gpus else "")
 
 
@@ -350,7 +358,14 @@ def results_markdown(inp: CardInputs) -> str:
     ema = inp.recipe["train"].get("ema")
     rows.append(("Evaluated weights", f"EMA (decay {ema:g}), the weights in this repo" if ema else "final weights"))
     table = "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
-    return f"From the run's final evaluation (`result.json`):\n\n{table}"
+    text = f"From the run's final evaluation (`result.json`):\n\n{table}"
+    if inp.per_class:
+        fresh = inp.per_class["acc"]
+        text += (
+            f"\n\nEvaluated again at export: {fresh * 100:.2f}% ({(fresh - acc) * 100:+.2f} pt). "
+            + per_class_markdown(inp.per_class, inp.confusion_plot)
+        )
+    return text
 
 
 def architecture_markdown(inp: CardInputs) -> str:
@@ -410,6 +425,18 @@ def _fmt_loss(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
+def _compute_row(inp: CardInputs) -> list[tuple[str, str]]:
+    """Training compute as the zoo's budgets state it (3 x forward FLOPs per image x images seen), from the card's
+    profile; for a run whose architecture changed (growth) the final architecture's cost is an upper bound."""
+    p, r = inp.profile, inp.result
+    if not p.get("flops_fwd") or not p.get("batch"):
+        return []
+    images = r["steps"] * inp.recipe["data"]["batch_size"]
+    tflop = 3 * p["flops_fwd"] / p["batch"] * images / 1e12
+    bound = " (upper bound: counted at the final, grown architecture)" if inp.recipe.get("growth") else ""
+    return [("Training compute", f"{tflop:.1f} TFLOP: 3 x forward FLOPs x {images:,} images seen{bound}")]
+
+
 def cost_markdown(inp: CardInputs) -> str:
     r, m = inp.result, inp.manifest
     v = m.get("versions", {})
@@ -420,6 +447,7 @@ def cost_markdown(inp: CardInputs) -> str:
         ("Wall-clock", _duration(r["wall_clock_s"]) + core_hours),
         ("Optimizer steps", f"{r['steps']} x batch {inp.recipe['data']['batch_size']}"),
         ("Training throughput", f"{r['img_per_s']:.0f} img/s (including evaluation)"),
+        *_compute_row(inp),
         ("Precision", f"{r.get('precision', inp.recipe['train']['precision'])}, {procs} process(es)"),
         ("Device", hardware_text(m)),
     ]
@@ -487,6 +515,8 @@ def files_markdown(inp: CardInputs) -> str:
         "manifest.json": "software versions and hardware of the training run",
         "metrics.jsonl": "training log: losses, evaluations, stage events",
         PLOT_NAME: "training curve",
+        "per_class.json": "per-class accuracy and confusion matrix, evaluated at export",
+        "confusion_matrix.png": "the confusion matrix, row-normalised",
     }
     return "\n".join(f"- `{f}`: {roles.get(f, '')}".rstrip(": ") for f in sorted(inp.files or roles))
 

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +24,7 @@ from zoo.data.fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FA
 from zoo.hub import WEIGHTS_NAME, load_folder, read_metadata, save_model_folder, weights_hash
 from zoo.measure.profile import profile_model
 from zoo.publish.card import PLACEHOLDER_REPO, PLOT_NAME, CardInputs, render_card, structure_events, training_series
+from zoo.publish.per_class import CONFUSION_PLOT, PER_CLASS_FILE, evaluate_per_class, plot_confusion
 from zoo.training.recipe import recipe_from_dict
 from zoo.training.run_folder import (
     MANIFEST_FILE,
@@ -35,6 +37,8 @@ from zoo.training.run_folder import (
     read_records,
 )
 from zoo.utils import manifest as mf
+from zoo.utils.atomic_dir import recover_replaced, replace_dir
+from zoo.utils.faults import fault_point
 from zoo.utils.manifest import recipe_hash
 
 if TYPE_CHECKING:
@@ -125,17 +129,9 @@ def data_meta(recipe) -> dict:
 
 
 def hardware() -> dict:
-    """The machine the profile is measured on (the manifest's fields, without its git calls)."""
-    import platform
-
-    t = mf._torch_info()
+    """The machine the profile is measured on (the manifest's machine fields, without its git calls)."""
     return {
-        "cpu_model": mf._cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": mf._cpu_affinity(),
-        "gpus": t["gpus"],
-        "torch_threads": {"num_threads": t["num_threads"], "num_interop_threads": t["num_interop_threads"]},
-        "platform": platform.platform(),
+        **mf.machine_info(),
         "versions": {d: mf.package_version(d) for d in mf.PACKAGES},
         "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
@@ -208,6 +204,17 @@ def plot_training_curve(records: list[dict], events: list[dict], path: Path, tit
     return True
 
 
+def write_per_class(run: Run, folder: Path, name: str) -> tuple[dict | None, str | None]:
+    """``per_class.json`` and the confusion plot of the run's model on its evaluation split (None, None when that
+    data is not on this machine); returns the summary and the plot's file name (None without matplotlib)."""
+    per_class = evaluate_per_class(run.model, run.recipe)
+    if per_class is None:
+        return None, None
+    (folder / PER_CLASS_FILE).write_text(json.dumps(per_class, indent=2) + "\n")
+    plotted = plot_confusion(per_class, folder / CONFUSION_PLOT, f"{name}: confusion on {per_class['acc']:.2%}")
+    return per_class, CONFUSION_PLOT if plotted else None
+
+
 def _check_out_dir(out: Path, run: Path, force: bool) -> None:
     o, r = out.resolve(), run.resolve()
     if o == r or o in r.parents or r in o.parents and o.relative_to(r).parts[:1] in (("model",), ("checkpoints",)):
@@ -246,6 +253,7 @@ def export_run(
     if weights_hash(run.model) != src_hash:
         raise ExportError(str(run_dir / MODEL_DIR / WEIGHTS_NAME), "weights_sha256", "loaded weights differ from it")
 
+    recover_replaced(out)  # a killed earlier export's leftovers: set-aside old folder restored, stale builds removed
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -260,8 +268,11 @@ def export_run(
         if profile_file is not None:
             prof = load_profile(Path(profile_file), run.model)
         else:
+            # the profile is the slow part (tens of seconds on a small CPU): say so rather than sit silent
+            print(f"export: profiling {run.model.__class__.__name__} (FLOPs, memory, img/s) ...", file=sys.stderr)
             prof = measure_profile(run.model, profile_batch, profile_iters)
         (tmp / "profile.json").write_text(json.dumps(prof, indent=2, default=str) + "\n")
+        per_class, confusion_plot = write_per_class(run, tmp, name)
         config = json.loads((tmp / "config.json").read_text())
         recipe = run.recipe.to_dict()
         events = structure_events(run.records, recipe, config, int(run.result["steps"]))
@@ -280,14 +291,13 @@ def export_run(
             base_model=base_model,
             plot_file=PLOT_NAME if plotted else None,
             class_names=extra.get("label_names") if run.recipe.data.classes else None,
+            per_class=per_class,
+            confusion_plot=confusion_plot,
             files=sorted([*(p.name for p in tmp.iterdir()), "README.md"]),
         )
         (tmp / "README.md").write_text(render_card(inputs))
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
+        fault_point("export_before_replace", 0)
+        replace_dir(tmp, out)  # `out` is the old or the new complete folder at every moment
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,11 +159,19 @@ def compare(card_acc: float, reproduced_acc: float, tolerance_pts: float) -> dic
 
 
 # -------------------------------------------------------------------------------------------------- the recipe
+# a hub repo name (the part after ORG/): what a card folder may be called
+_CARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 def base_model_candidates(card_folder: Path, base_model: str) -> list[Path]:
     """Where a base model's card folder may be: next to this card (model_cards/), then the bundled zoo."""
 
     name = base_model.rstrip("/").rsplit("/", 1)[-1]
-    return list(dict.fromkeys(p.resolve() for p in (card_folder.parent / name, MODEL_CARDS / name)))
+    if not _CARD_NAME.fullmatch(name) or set(name) == {"."}:  # a card's own text must not lead outside the folders
+        return []
+    roots = (card_folder.parent.resolve(), MODEL_CARDS.resolve())
+    found = (root / name for root in roots)
+    return list(dict.fromkeys(p.resolve() for p in found if p.resolve().parent in roots))
 
 
 def resolve_pretrained(pretrained: str | None, card_folder: Path, base_model: str | None, source: str) -> str | None:

@@ -3,14 +3,20 @@ Accelerate, gathered across processes) and outside it (``zoo eval``: any model s
 
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
+import timm
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from zoo.data.datasets import DataError, build_datasets
 from zoo.data.pipeline import normalize
 from zoo.hub import load_model
+from zoo.hub.folders import ModelLoadError, default_published_tag
 
 
 def fit_resolution(x: torch.Tensor, size: int | None) -> torch.Tensor:
@@ -72,18 +78,47 @@ def check_input_fits(model, bundle, source: str) -> None:
         raise DataError(f"{source}: model_args.img_size: model takes {want_s} px, data is {bundle.img_size} px")
 
 
-def accuracy(model, x_uint8: torch.Tensor, y: torch.Tensor, mean, std, batch_size: int = 512) -> dict:
-    """``evaluate`` over in-memory tensors, leaving the model in eval mode."""
+def accuracy(
+    model, x_uint8: torch.Tensor, y: torch.Tensor, mean, std, batch_size: int = 512, progress: bool = False
+) -> dict:
+    """``evaluate`` over in-memory tensors, leaving the model in eval mode (``progress``: a bar on stderr)."""
     model.eval()
-    return evaluate(model, tensor_batches(x_uint8, y, batch_size), mean, std)
+    batches = tensor_batches(x_uint8, y, batch_size)
+    total = math.ceil(len(y) / batch_size)
+    return evaluate(model, tqdm(batches, total=total, desc="eval", unit="batch", disable=not progress), mean, std)
+
+
+def _published_for_bare_name(source: str) -> str:
+    if "." in source or ":" in source or Path(source).exists() or not timm.is_model(source):
+        return source
+    tag = default_published_tag(source)
+    if tag is None:
+        raise ModelLoadError(
+            source, "<source>", "an architecture without published weights (its random initialisation has nothing to "
+            "evaluate); pass a model folder, local-dir:/hf-hub: id, or a published tag"
+        )  # fmt: skip
+    print(
+        f"note: {source} -> {tag}: its published weights (as timm.create_model(..., pretrained=True))", file=sys.stderr
+    )
+    return tag
 
 
 def evaluate_source(
-    source: str, data: str, path: str | None = None, batch_size: int = 512, classes=None, test_subset=None
+    source: str,
+    data: str,
+    path: str | None = None,
+    batch_size: int = 512,
+    classes=None,
+    test_subset=None,
+    progress: bool = False,
 ) -> dict:
     """Top-1 and loss of ``source`` on the test split; ``test_subset`` keeps the same deterministic class-balanced
     subset a recipe's ``data.test_subset`` trains against (so `zoo demo --set data.test_subset=N` compares like
-    with like)."""
+    with like).
+
+    A bare architecture name means its published weights, as ``timm.create_model(name, pretrained=True)`` does: a
+    random initialisation has nothing to evaluate, so a name without published weights is an error."""
+    source = _published_for_bare_name(source)
     model = load_model(source)
     bundle = build_datasets(
         data,
@@ -98,4 +133,4 @@ def evaluate_source(
         raise DataError(
             f"{source}: num_classes: model predicts {model.num_classes} classes, data has {bundle.num_classes}"
         )
-    return accuracy(model, bundle.test_x, bundle.test_y, bundle.mean, bundle.std, batch_size)
+    return accuracy(model, bundle.test_x, bundle.test_y, bundle.mean, bundle.std, batch_size, progress=progress)

@@ -18,19 +18,26 @@ def lr_factor(
     min_ratio: float = 0.0,
     rewarm_at: Sequence[int] = (),
     rewarm_steps: int = 0,
+    decay: str = "cosine",
+    hold_steps: int = 0,
 ) -> float:
-    """Multiplier of the base LR at optimizer step ``step`` (0-based): linear warmup, then cosine to ``min_ratio``.
+    """Multiplier of the base LR at optimizer step ``step`` (0-based): linear warmup, ``hold_steps`` at the peak,
+    then a cosine or linear decay to ``min_ratio`` at the end of the run.
 
-    One continuous cosine spans the whole run, across growth stages. ``rewarm_at`` lists steps (growth boundaries)
-    after which the LR ramps linearly from 0 back to the cosine value over ``rewarm_steps``: new parameters start with
-    empty optimizer moments, and a short ramp avoids the loss spike of full-size first updates.
+    With ``hold_steps > 0`` this is warmup-stable-decay: growth stages placed in the flat phase let new parameters
+    train at the full LR, and only the final model is decayed. One continuous decay spans the whole run, across
+    growth stages. ``rewarm_at`` lists steps (growth boundaries) after which the LR ramps linearly from 0 back to the
+    schedule's value over ``rewarm_steps``: new parameters start with empty optimizer moments, and a short ramp
+    avoids the loss spike of full-size first updates.
     """
     if step < warmup_steps:
         factor = (step + 1) / warmup_steps
     else:
-        span = max(total_steps - warmup_steps, 1)
-        progress = min((step - warmup_steps) / span, 1.0)
-        factor = min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        decay_start = warmup_steps + hold_steps
+        span = max(total_steps - decay_start, 1)
+        progress = min(max(step - decay_start, 0) / span, 1.0)
+        shape = 1.0 - progress if decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+        factor = min_ratio + (1.0 - min_ratio) * shape
     for start in rewarm_at:
         if rewarm_steps > 0 and start <= step < start + rewarm_steps:
             factor *= (step - start + 1) / rewarm_steps

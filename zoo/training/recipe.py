@@ -8,6 +8,8 @@ to a default). ``--set a.b=value`` overrides parse ``value`` as YAML, so numbers
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,11 +18,18 @@ from typing import Any, Union
 
 import yaml
 
+from zoo.utils.strict_yaml import StrictYAMLError, load_strict_yaml
+
 # The recipe schema's version, recorded in every run's manifest. Fields added after version 1, with the version that
 # added them and their neutral value: the value that reproduces the behaviour from before the field existed. A field's
 # neutral value never changes once released (it is part of the identity of every run recorded before it).
-SCHEMA_VERSION = 1
-ADDED_FIELDS: dict[str, tuple[int, Any]] = {}
+SCHEMA_VERSION = 2
+ADDED_FIELDS: dict[str, tuple[int, Any]] = {
+    "data.val_split": (2, None),
+    "schedule.decay": (2, "cosine"),
+    "schedule.hold": (2, 0.0),
+    "train.ema_warmup": (2, False),
+}
 
 
 class RecipeError(ValueError):
@@ -50,6 +59,9 @@ class DataConfig:
     classes: list[int] | None = None
     train_subset: int | None = None
     test_subset: int | None = None
+    # hold out this many training images (a stratified, seed-independent split) and evaluate on them instead of the
+    # test split: every choice of setting is made on it, the test split only reports
+    val_split: int | None = None
     batch_size: int = 128
     eval_batch_size: int = 512
     crop_pad: int = 2
@@ -77,6 +89,8 @@ class ScheduleConfig:
     steps: int | None = None  # overrides epochs when set
     warmup: float = 0.05  # fraction of total steps
     min_lr_ratio: float = 0.0
+    decay: str = "cosine"  # cosine | linear: the shape of the decay from the peak LR to min_lr_ratio
+    hold: float = 0.0  # fraction of total steps held at the peak LR after warmup (warmup-stable-decay when > 0)
     rewarmup: float = 0.0  # fraction of total steps re-warmed after each growth
 
 
@@ -87,6 +101,8 @@ class TrainConfig:
     accumulation: int = 1
     label_smoothing: float = 0.1
     ema: float | None = None  # EMA decay, e.g. 0.999; evaluated and exported when set
+    # EMA decay warm-up (timm ModelEmaV3: decay 1 - (1 + step)^-2/3, capped at `ema`), so it does not lag a short run
+    ema_warmup: bool = False
     eval_every: float = 1.0  # epochs
     log_every: int = 50  # steps
     checkpoint_every: int | None = None  # steps; None = end of each epoch
@@ -192,6 +208,10 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
+# a decimal number in any of the spellings people write (1e-3, 1E3, .5, -2., +4e+2), which YAML 1.1 partly misses
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
     """Check ``value`` against the annotation ``tp`` and build nested dataclasses; raise RecipeError otherwise."""
     origin = typing.get_origin(tp)
@@ -230,8 +250,12 @@ def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
     if tp is Any:
         return value
     if tp is float:
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 (PyYAML) reads `1e-3` as a string; it is a number to whoever wrote it
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RecipeError(source, where, f"expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise RecipeError(source, where, f"must be a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -325,6 +349,19 @@ def _check_optim(o: OptimConfig, err) -> None:
         raise err("optim.layer_decay", f"must be in (0, 1], got {o.layer_decay}")
     if len(o.betas) != 2:
         raise err("optim.betas", "must have two entries")
+    for i, b in enumerate(o.betas):
+        if not 0 <= b < 1:
+            raise err(f"optim.betas[{i}]", f"must be in [0, 1), got {b}")
+    if o.weight_decay < 0:
+        raise err("optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
+    if o.eps <= 0:
+        raise err("optim.eps", f"must be > 0, got {o.eps}")
+    # clip_grad_norm_ with a negative max_norm flips every gradient: the run diverges and exits 0
+    if o.clip_grad is not None and o.clip_grad <= 0:
+        raise err("optim.clip_grad", f"must be > 0 (or null for no clipping), got {o.clip_grad}")
+    for key, mult in o.lr_mult.items():
+        if mult <= 0:
+            raise err(f"optim.lr_mult.{key}", f"must be > 0, got {mult}")
 
 
 def _check_schedule(s: ScheduleConfig, err) -> None:
@@ -334,6 +371,14 @@ def _check_schedule(s: ScheduleConfig, err) -> None:
         raise err("schedule.steps", f"must be > 0, got {s.steps}")
     if not 0 <= s.warmup < 1:
         raise err("schedule.warmup", f"must be a fraction in [0, 1), got {s.warmup}")
+    if s.decay not in ("cosine", "linear"):
+        raise err("schedule.decay", f"must be 'cosine' or 'linear', got {s.decay!r}")
+    if not 0 <= s.hold < 1 or s.warmup + s.hold >= 1:
+        raise err("schedule.hold", f"must be a fraction in [0, 1) with warmup + hold < 1, got {s.hold}")
+    if not 0 <= s.min_lr_ratio <= 1:
+        raise err("schedule.min_lr_ratio", f"must be in [0, 1], got {s.min_lr_ratio}")
+    if not 0 <= s.rewarmup < 1:
+        raise err("schedule.rewarmup", f"must be a fraction in [0, 1), got {s.rewarmup}")
 
 
 def _check_train(t: TrainConfig, err) -> None:
@@ -349,11 +394,32 @@ def _check_train(t: TrainConfig, err) -> None:
         raise err("train.ema", f"must be in (0, 1), got {t.ema}")
     if t.grad_checkpointing not in (None, "full", "selective"):
         raise err("train.grad_checkpointing", f"must be null, 'full' or 'selective', got {t.grad_checkpointing!r}")
+    if t.seed < 0:
+        raise err("train.seed", f"must be >= 0, got {t.seed}")
+    if not 0 <= t.label_smoothing < 1:
+        raise err("train.label_smoothing", f"must be in [0, 1), got {t.label_smoothing}")
+    if t.eval_every <= 0:
+        raise err("train.eval_every", f"must be > 0 (epochs), got {t.eval_every}")
+    for key in ("log_every", "checkpoint_every", "checkpoint_every_k_blocks"):
+        value = getattr(t, key)
+        if value is not None and value < 1:
+            raise err(f"train.{key}", f"must be >= 1, got {value}")
 
 
 def _check_data(d: DataConfig, t: TrainConfig, err) -> None:
     if d.batch_size < 1:
         raise err("data.batch_size", f"must be >= 1, got {d.batch_size}")
+    for key in ("eval_batch_size", "train_subset", "test_subset", "img_size"):
+        value = getattr(d, key)
+        if value is not None and value < 1:
+            raise err(f"data.{key}", f"must be >= 1, got {value}")
+    for key in ("crop_pad", "num_workers"):
+        if getattr(d, key) < 0:
+            raise err(f"data.{key}", f"must be >= 0, got {getattr(d, key)}")
+    if d.in_chans not in (None, 1, 3):
+        raise err("data.in_chans", f"must be 1 (grey) or 3 (RGB), got {d.in_chans}")
+    if d.val_split is not None and d.val_split < 1:
+        raise err("data.val_split", f"must be >= 1 (images held out of the training set), got {d.val_split}")
     if d.batch_size % t.accumulation:
         raise err("train.accumulation", f"must divide data.batch_size ({d.batch_size})")
 
@@ -424,6 +490,12 @@ def _check_growth(g: GrowthConfig, total: int | None, err) -> None:
                 msg = f"growth to a smaller or equal depth ({prev_depth} -> {st.depth})"
                 raise err(f"growth.stages[{i}].depth", msg)
             prev_depth = st.depth
+        for key in ("depth", "embed_dim", "num_heads", "mlp_hidden", "img_size"):
+            value = getattr(st, key)
+            if value is not None and value < 1:
+                raise err(f"growth.stages[{i}].{key}", f"must be >= 1, got {value}")
+        if st.noise < 0:
+            raise err(f"growth.stages[{i}].noise", f"must be >= 0, got {st.noise}")
         if st.depth_op not in ("zero", "stack", "interpolate"):
             raise err(f"growth.stages[{i}].depth_op", f"must be zero, stack or interpolate, got {st.depth_op!r}")
     if g.budget_flops is not None and g.budget_seconds is not None:
@@ -459,9 +531,19 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if not path.is_file():
         raise RecipeError(source, "<file>", "recipe file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RecipeError(source, "<file>", f"not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise RecipeError(source, "<file>", f"cannot be read: {e.strerror or e}") from None
+    try:
+        data = load_strict_yaml(text)
+    except StrictYAMLError as e:
+        raise RecipeError(source, "<file>", str(e)) from None
     except yaml.YAMLError as e:
         raise RecipeError(source, "<file>", f"not valid YAML: {e}") from None
+    if data is None:  # an empty file would silently train every default for 10 epochs
+        raise RecipeError(source, "<file>", "the recipe is empty; write at least `model:` and `data:`")
     if not isinstance(data, dict):
         raise RecipeError(source, "<root>", f"expected a mapping at the top level, got {type(data).__name__}")
     if overrides:

@@ -1,15 +1,17 @@
 """Atomic training checkpoints on top of ``Accelerator.save_state``.
 
 A checkpoint is a folder ``checkpoints/step_XXXXXXXX`` holding Accelerate's state (model safetensors, optimizer, RNG
-per process) plus ``train_state.json`` (step, epoch, structure stage) and ``ema.safetensors``. It is written under a
-temporary name and renamed only when complete, so a kill during the write leaves at most a ``.tmp-*`` folder that is
-ignored and cleaned up (``zoo.utils.faults`` SIGKILLs the process at points inside ``finalize`` to test exactly that:
-``ZOO_FAULT=ckpt_before_state:N`` or ``ckpt_before_prune:N``). Explicit folder names also avoid Accelerate's automatic
-naming, whose counter is not restored by ``load_state``.
+per process) plus ``ema.safetensors`` and ``train_state.json`` (step, epoch, structure stage, and the sha256 of every
+other file, checked before a resume loads it: a damaged newest checkpoint falls back to the newest intact one). It is
+written under a temporary name and renamed only when complete, so a kill during the write leaves at most a
+``.tmp-*`` folder that is ignored and cleaned up (``zoo.utils.faults`` SIGKILLs the process at points inside
+``finalize`` to test exactly that: ``ZOO_FAULT=ckpt_before_state:N`` or ``ckpt_before_prune:N``). Explicit folder
+names also avoid Accelerate's automatic naming, whose counter is not restored by ``load_state``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import warnings
@@ -34,14 +36,45 @@ def list_checkpoints(ckpt_dir: Path) -> list[Path]:
     return sorted(p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
 
 
+def file_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file in a checkpoint folder (but the train state, which records them), by relative path."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != STATE_NAME
+    }
+
+
+def damaged_files(folder: Path, recorded: dict[str, str]) -> list[str]:
+    """Files of a checkpoint that are missing or differ from the hashes recorded when it was written."""
+    out = []
+    for rel, digest in recorded.items():
+        path = folder / rel
+        if not path.is_file():
+            out.append(f"{rel} is missing")
+        elif hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            out.append(f"{rel} differs from the sha256 recorded when it was written")
+    return out
+
+
 def is_valid(folder: Path) -> str | None:
-    """None if the checkpoint looks complete and readable, else the reason it is not."""
+    """None if the checkpoint is complete and unchanged, else the reason it is not.
+
+    Checkpoints record the sha256 of every file they hold (``files`` in the train state), so a flipped byte in the
+    weights, a truncated optimizer state or a deleted RNG state is caught before Accelerate loads it (Accelerate
+    swallows RNG load errors, and a damaged state would otherwise resume silently into a different run). Older
+    checkpoints without hashes get the structural check below only."""
     state = folder / STATE_NAME
     try:
         data = json.loads(state.read_text())
         int(data["step"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         return f"{state}: unreadable train state ({e})"
+    if isinstance(data.get("files"), dict):
+        damaged = damaged_files(folder, data["files"])
+        if damaged:
+            return f"{folder}: " + "; ".join(damaged)
+        return None
     weights = sorted(folder.glob("model*.safetensors"))
     if not weights:
         return f"{folder}: no model weights"
@@ -79,6 +112,7 @@ def temp_folder(ckpt_dir: Path, step: int) -> Path:
 def finalize(tmp: Path, ckpt_dir: Path, step: int, state: dict, keep: int) -> Path:
     """Write the train state last, rename the folder into place, then prune to the newest ``keep``."""
     fault_point("ckpt_before_state", step)  # Accelerate's state is in ``tmp``; no train state, not renamed
+    state = {**state, "files": file_hashes(tmp)}
     (tmp / STATE_NAME).write_text(json.dumps(state, indent=2))
     final = ckpt_dir / checkpoint_name(step)
     if final.exists():  # the same step saved again after a resume: replace it atomically-enough (old one moved first)

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import timm
 import torch
+from timm.utils import ModelEmaV3
 from torch import nn
 
 from zoo.growth.operators import grow
 from zoo.growth.param_maps import load_state_by_name, optimizer_state_by_name, remap_optimizer, remap_tensors
 from zoo.hub import load_model, load_timm_weights
+from zoo.models.contract import check_supports, check_zoo_model
 from zoo.models.pretrained import resolve_local_dir
 from zoo.nn.routing import RoutedBlock, resolve_route_plan
 from zoo.training.freezing import layer_groups, param_groups, set_trainable_from
@@ -34,6 +36,7 @@ def routing_args(recipe: Recipe) -> dict | None:
 def build_model(recipe: Recipe, bundle) -> nn.Module:
     """The recipe's model for the data in ``bundle``, with the recipe's activation-checkpointing policy applied."""
     model = _build_model(recipe, bundle)
+    check_zoo_model(model)  # a contributed family missing a piece fails here, naming it
     t = recipe.train
     if t.grad_checkpointing is not None:
         model.set_grad_checkpointing(True, every=t.checkpoint_every_k_blocks, policy=t.grad_checkpointing)
@@ -48,6 +51,8 @@ def _build_model(recipe: Recipe, bundle) -> nn.Module:
     if src is None or src.endswith(".safetensors"):
         kwargs = {**data_args, **m.args}
         if recipe.routing is not None:
+            with torch.device("meta"):  # the family's declared capabilities, before building it with routing
+                check_supports(timm.create_model(m.name), "routing", "the recipe's routing section")
             kwargs["routing"] = routing_args(recipe)
         try:
             model = timm.create_model(m.name, **kwargs)
@@ -62,6 +67,7 @@ def _build_model(recipe: Recipe, bundle) -> nn.Module:
     if m.reset_head and model.num_classes != bundle.num_classes:
         model.reset_classifier(bundle.num_classes)
     if recipe.routing is not None:
+        check_supports(model, "routing", "the recipe's routing section")
         model.set_routing(routing_args(recipe))
     return model
 
@@ -184,7 +190,9 @@ class StagePlan:
         g = self.recipe.growth
         if g is not None:
             if not getattr(model, "supports_growth", False):
-                raise RecipeError("recipe", "growth", f"{type(model).__name__} does not support layer-wise growth")
+                raise RecipeError(
+                    "recipe", "growth", f"{type(model).__name__} does not declare supports_growth (layer-wise growth)"
+                )
             blk = model.blocks[0]
             now = {"depth": len(model.blocks), "embed_dim": model.embed_dim, "num_heads": blk.attn.num_heads,
                    "mlp_hidden": blk.mlp.fc1.out_features, "img_size": model.model_args["img_size"]}  # fmt: skip
@@ -231,10 +239,8 @@ class StagePlan:
             if g.optimizer_state == "reset":
                 state = {}
             if ema is not None:
-                from timm.utils import ModelEmaV3
-
                 fresh = raw.state_dict()
-                ema = ModelEmaV3(raw, decay=ema.decay)
+                ema = ModelEmaV3(raw, decay=ema.decay, use_warmup=ema.use_warmup)
                 ema.module.load_state_dict({**fresh, **ema_state})
         apply_structure(raw, self, step)
         acc.free_memory()  # drop Accelerate's references so prepare() wraps the changed model again

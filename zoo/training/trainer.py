@@ -13,6 +13,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,16 +30,18 @@ from tqdm.auto import tqdm
 from zoo.data.datasets import build_datasets
 from zoo.data.pipeline import make_loader, normalize, random_crop_flip
 from zoo.hub import save_model_folder, weights_hash
+from zoo.measure.machine import gemm_peaks_gflops
 from zoo.training import run_checkpoints as ckpt
 from zoo.training.budget import budget_boundaries
 from zoo.training.evaluation import evaluate, fit_resolution
 from zoo.training.freezing import set_group_lrs
+from zoo.training.interrupt import StoppedBySignal, stop_on_signals
 from zoo.training.precision import choose_precision
 from zoo.training.progress import lr_factor
 from zoo.training.recipe import SCHEMA_VERSION, Recipe, RecipeError
 from zoo.training.run_folder import PRECISION_FILE, RunFolder
 from zoo.training.stage_plan import StagePlan, apply_structure, build_model, build_optimizer, set_step_values
-from zoo.utils.manifest import collect_manifest, recipe_hash, write_json_atomic
+from zoo.utils.manifest import collect_manifest, cpu_capability, recipe_hash, write_json_atomic
 
 
 @dataclass
@@ -49,6 +52,7 @@ class RunResult:
     steps: int
     wall_clock_s: float
     img_per_s: float
+    total_steps: int = 0  # the run's length: steps < total_steps after a session stopped early (--stop-after)
 
 
 def train(
@@ -85,29 +89,44 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------- the plan
     def fit(self) -> RunResult:
+        with self.folder.lock():
+            return self._fit()
+
+    def _fit(self) -> RunResult:
         self.resuming = self.folder.prepare(self.recipe, self.resume, self.force)
+        if self.resume and not self.resuming:
+            print(f"note: {self.out}: --resume: no run there yet; starting a new one from step 0")
         if self.resuming and (done := self.folder.finished_result()) is not None:
             # a finished run of this recipe: nothing to train, and its result must not be rewritten. Decided before
             # any Accelerate or tracker state exists; every rank reads the same file, written in an earlier session.
             keys = ("final_acc", "final_loss", "steps", "wall_clock_s", "img_per_s")
-            return RunResult(self.out, *(done[k] for k in keys))
-        self.set_up_data()
-        self.set_up_model()
+            return RunResult(self.out, *(done[k] for k in keys), done["steps"])
+        try:
+            self.set_up_data()
+            self.set_up_model()
+        except BaseException:  # a forced rerun that cannot start gives the old run back
+            self.folder.restore_set_aside()
+            raise
+        self.folder.discard_set_aside()
         self.open_run_files()
         self.start_clock()
-        while self.step < self.total:
-            for micro_batches in self.epoch_batches():
-                self.train_step(micro_batches)
-                self.change_structure_or_log_event()
-                self.log_progress()
-                self.evaluate_if_due()
-                stopping = self.stop_after is not None and self.step >= self.stop_after
-                self.checkpoint_if_due(force=stopping)
-                if stopping and self.step < self.total:
-                    self.bar.close()
-                    return RunResult(self.out, *self.last, self.step, self.elapsed(), self.img_per_s())
-                if self.step >= self.total:
-                    break
+        with stop_on_signals() as signalled:
+            while self.step < self.total:
+                for micro_batches in self.epoch_batches():
+                    self.train_step(micro_batches)
+                    self.change_structure_or_log_event()
+                    self.log_progress()
+                    self.evaluate_if_due()
+                    stopping = self.stop_after is not None and self.step >= self.stop_after
+                    self.checkpoint_if_due(force=stopping or bool(signalled))
+                    if signalled and self.step < self.total:
+                        self.bar.close()
+                        raise StoppedBySignal(signalled.signum, self.step, str(self.out))
+                    if stopping and self.step < self.total:
+                        self.bar.close()
+                        return RunResult(self.out, *self.last, self.step, self.elapsed(), self.img_per_s(), self.total)
+                    if self.step >= self.total:
+                        break
         return self.finish()
 
     # ------------------------------------------------------------------------------------------------- set-up
@@ -122,6 +141,7 @@ class Trainer:
             test_subset=d.test_subset,
             img_size=d.img_size,
             in_chans=d.in_chans,
+            val_split=d.val_split,
         )
         self.precision = resolve_precision(recipe, self.bundle, self.out, self.resuming)
         self.acc = make_accelerator(recipe, self.out, self.precision)
@@ -163,8 +183,11 @@ class Trainer:
             if folder is not None:
                 self.state = ckpt.read_state(folder)
                 self.start_step = int(self.state["step"])
+            else:  # same recipe, same seed: the run from step 0 is the run that was interrupted, just longer
+                print(f"note: {self.folder.checkpoints}: no intact checkpoint to resume from; starting from step 0")
         apply_structure(model, self.plan, self.start_step)
-        self.ema = ModelEmaV3(model, decay=recipe.train.ema) if recipe.train.ema else None
+        t = recipe.train
+        self.ema = ModelEmaV3(model, decay=t.ema, use_warmup=t.ema_warmup) if t.ema else None
         optimizer = build_optimizer(model, recipe)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         if self.state is not None:
@@ -179,18 +202,25 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self.log = self.folder.metrics_log(self.main)
         if self.main:
-            extra = {"num_processes": acc.num_processes, "total_steps": self.total, "recipe_schema": SCHEMA_VERSION}
+            extra = {
+                "num_processes": acc.num_processes,
+                "total_steps": self.total,
+                "recipe_schema": SCHEMA_VERSION,
+                "gemm_peak_gflops": gemm_peaks_gflops(),
+            }
             manifest = collect_manifest(recipe.identity(), seed=recipe.train.seed, extra=extra)
             self.folder.write_start(recipe, manifest, self.resuming)
             self.log.truncate_after(self.start_step)
-        if recipe.train.tracker:
-            acc.init_trackers(self.out.name, config={"recipe_hash": recipe_hash(recipe.identity())})
+        if recipe.train.tracker:  # the resolved recipe as hyperparameters, so runs can be compared in the tracker
+            config = {"recipe_hash": recipe_hash(recipe.identity()), **flat_hparams(recipe.to_dict())}
+            acc.init_trackers(self.out.name, config=config)
 
     def start_clock(self) -> None:
         """Step counters, the progress bar, and the wall-clock (a resumed run continues its checkpoint's clock)."""
         recipe = self.recipe
         self.warmup = int(recipe.schedule.warmup * self.total)
         self.rewarm = int(recipe.schedule.rewarmup * self.total)
+        self.hold = int(recipe.schedule.hold * self.total)
         self.step = self.start_step
         show = self.progress and self.main
         self.bar = tqdm(total=self.total, initial=self.step, disable=not show, desc=self.out.name, dynamic_ncols=True)
@@ -232,9 +262,13 @@ class Trainer:
         recipe, acc, model = self.recipe, self.acc, self.model
         d = recipe.data
         set_step_values(acc.unwrap_model(model), self.plan, self.step)
+        if self.ema is not None:  # the EMA copy is what is evaluated and exported: the same capacity as the model
+            set_step_values(self.ema.module, self.plan, self.step)
+        sch = recipe.schedule
         self.lr = recipe.optim.lr * lr_factor(
-            self.step, self.total, self.warmup, recipe.schedule.min_lr_ratio, self.plan.rewarm_steps(), self.rewarm
-        )
+            self.step, self.total, self.warmup, sch.min_lr_ratio, self.plan.rewarm_steps(), self.rewarm, sch.decay,
+            self.hold,
+        )  # fmt: skip
         set_group_lrs(self.optimizer, self.lr)
         n = len(micro_batches)
         loss_sum = 0.0
@@ -312,6 +346,8 @@ class Trainer:
         rec = {"eval_acc": self.last[0], "eval_loss": self.last[1]}
         self.log.write({"step": step, "epoch": step / self.steps_per_epoch, **rec, "time_s": self.elapsed()})
         self.bar.set_postfix(acc=f"{self.last[0]:.4f}")
+        if self.recipe.train.tracker:
+            self.acc.log(rec, step=step)
 
     def run_evaluation(self) -> tuple[float, float]:
         """Accuracy and loss of the evaluated model (the EMA when the recipe keeps one) on the eval split."""
@@ -362,22 +398,44 @@ class Trainer:
                     "resumed_from": self.start_step,
                     "precision": self.precision,
                     "test_images": len(bundle.test_y),
+                    "eval_split": bundle.eval_split,  # "val" when the recipe held out data.val_split images
                     "num_processes": acc.num_processes,
+                    "cpu_capability": cpu_capability(),
+                    "gemm_peak_gflops": gemm_peaks_gflops(),
                     **peak_memory(),
                 }
             )
         acc.wait_for_everyone()
         if recipe.train.tracker:
             acc.end_training()
-        return RunResult(self.out, *self.last, self.total, wall, self.seen / max(wall - self.prior_s, 1e-9))
+        ips = self.seen / max(wall - self.prior_s, 1e-9)
+        return RunResult(self.out, *self.last, self.total, wall, ips, self.total)
 
 
 # ------------------------------------------------------------------------------------------------- the pieces
+def flat_hparams(d: dict, prefix: str = "") -> dict:
+    """A nested recipe as ``section.key -> value`` with the scalar types every tracker accepts (others as text)."""
+    out: dict = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flat_hparams(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
 def make_accelerator(recipe: Recipe, out: Path, precision: str) -> Accelerator:
     cuda = torch.cuda.is_available()
     if precision == "fp16" and not cuda:
         raise RecipeError("recipe", "train.precision", "fp16 needs a CUDA GPU (Accelerate ignores it on CPU); use bf16")
     mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION")  # what `accelerate launch --mixed_precision` sets
+    if launched and launched != mp:  # the recipe is the run's identity (hashed, in the card): it decides, loudly
+        warnings.warn(
+            f"accelerate launch --mixed_precision {launched} is overridden by the recipe's train.precision "
+            f"({precision}); use --set train.precision=... to change it",
+            stacklevel=2,
+        )
     # Accelerate keeps one process-wide AcceleratorState and refuses a second Accelerator with another precision;
     # a process may train several runs (bench, tests), so start each from a fresh state (the process group stays)
     AcceleratorState._reset_state()
@@ -389,6 +447,10 @@ def make_accelerator(recipe: Recipe, out: Path, precision: str) -> Accelerator:
         log_with=recipe.train.tracker,
         project_dir=str(out),
     )
+    if recipe.train.tracker and not acc.log_with:  # Accelerate drops a tracker that is not installed with a warning
+        raise RecipeError(
+            "recipe", "train.tracker", f"{recipe.train.tracker!r} is not installed or not a tracker Accelerate knows"
+        )
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and acc.num_processes != world:
         # an Accelerator that does not join torchrun's group would train independent copies without any error

@@ -11,6 +11,11 @@ checkpoint):
   ``train_state.json`` is not, and the folder is not renamed yet: resume must ignore and clean the temporary folder.
 - ``ckpt_before_prune``: ``step_N`` is complete and renamed into place, older checkpoints are not pruned yet.
 
+and, with step 0, inside ``zoo export`` (``zoo.publish.export``, ``zoo.utils.atomic_dir.replace_dir``):
+``export_before_replace`` (the new folder is complete beside the old one), ``replace_dir_before_swap``,
+``replace_dir_after_swap`` (the new folder in place, the old one not yet deleted) and
+``replace_dir_between_renames`` (only where the atomic exchange is unavailable).
+
 Example: ``ZOO_FAULT=ckpt_before_state:6 zoo train RECIPE --out DIR`` dies while writing the step-6 checkpoint.
 """
 

@@ -137,11 +137,43 @@ def _torch_info() -> dict[str, Any]:
     }
 
 
+def cpu_capability() -> str | None:
+    """torch's CPU kernel level (``"AVX512"``, ``"AVX2"``, ``"DEFAULT"``, ...): fp32 matmuls run several times faster
+    with AVX-512 and bf16 is native there (on AVX2 it is ~40x slower than fp32), so timings from machines of different
+    capability are not comparable."""
+    try:
+        import torch
+
+        return torch.backends.cpu.get_cpu_capability()
+    except (ImportError, AttributeError):
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine a measurement runs on: CPU model, capability, cores, torch threads, GPUs and platform."""
+    t = _torch_info()
+    return {
+        "cpu_model": _cpu_model(),
+        "cpu_capability": cpu_capability(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": _cpu_affinity(),
+        "gpus": t["gpus"],
+        "torch_threads": {"num_threads": t["num_threads"], "num_interop_threads": t["num_interop_threads"]},
+        "platform": platform.platform(),
+    }
+
+
+# the folder holding the `zoo` package: a git checkout in development, site-packages after a wheel install
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+
+
 def _git(args: list[str], cwd: str | os.PathLike) -> str | None:
     """Run a read-only git command; ``None`` if git is missing, not a repo, or anything else goes wrong."""
     try:
         proc = subprocess.run(
-            ["git", *args],
+            # a repository's own config can name programs that `git status` runs (core.fsmonitor, hooks): turn
+            # them off, and take no optional locks (a read-only query must not write the index)
+            ["git", "--no-optional-locks", "-c", "core.fsmonitor=false", "-c", f"core.hooksPath={os.devnull}", *args],
             cwd=cwd,
             capture_output=True,
             text=True,
@@ -154,7 +186,9 @@ def _git(args: list[str], cwd: str | os.PathLike) -> str | None:
 
 
 def git_state(cwd: str | os.PathLike | None = None) -> tuple[str | None, bool | None]:
-    """Commit sha and dirty flag of the git repository containing ``cwd`` (default: the current directory).
+    """Commit sha and dirty flag of the git repository containing ``cwd`` (default: the checkout the zoo package
+    runs from, which is the code a run's numbers depend on; not the working directory, which may be anyone's
+    repository, with a config that names programs to run).
 
     "Dirty" means tracked files differ from HEAD; untracked files are ignored (run outputs, scratch files) since
     they rarely affect what was run and would make every working tree look dirty.
@@ -162,7 +196,7 @@ def git_state(cwd: str | os.PathLike | None = None) -> tuple[str | None, bool | 
     Returns:
         ``(sha, dirty)``, or ``(None, None)`` outside a repository or without git.
     """
-    cwd = os.getcwd() if cwd is None else cwd
+    cwd = PACKAGE_ROOT if cwd is None else cwd
     sha = _git(["rev-parse", "HEAD"], cwd)
     if sha is None:
         return None, None
@@ -187,8 +221,8 @@ def collect_manifest(
         A JSON-serializable dict with keys ``seed``, ``recipe_hash``, ``created_at`` (UTC ISO 8601), ``versions``
         (distribution -> version or ``None``), ``python``, ``platform``, ``machine``, ``torch_threads``
         (``num_threads``, ``num_interop_threads``), ``thread_env`` (OMP/MKL/OpenBLAS env vars or ``None``),
-        ``cpu_model``, ``cpu_count``, ``cpu_affinity``, ``gpus`` (list of names), ``git_sha``, ``git_dirty``,
-        plus the ``extra`` fields.
+        ``cpu_model``, ``cpu_capability``, ``cpu_count``, ``cpu_affinity``, ``gpus`` (list of names), ``git_sha``,
+        ``git_dirty``, plus the ``extra`` fields.
 
     Raises:
         ValueError: If an ``extra`` key collides with a collected field.
@@ -210,6 +244,7 @@ def collect_manifest(
         },
         "thread_env": {name: os.environ.get(name) for name in _THREAD_ENV},
         "cpu_model": _cpu_model(),
+        "cpu_capability": cpu_capability(),
         "cpu_count": os.cpu_count(),
         "cpu_affinity": _cpu_affinity(),
         "gpus": torch_info["gpus"],
