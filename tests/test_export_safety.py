@@ -49,7 +49,10 @@ def _weights(folder):
     return (folder / "model.safetensors").read_bytes()
 
 
-@pytest.mark.parametrize("fault", FAULTS)
+# the swap itself in the default suite; the moments before it with -m slow
+@pytest.mark.parametrize(
+    "fault", [f if f == "replace_dir_after_swap" else pytest.param(f, marks=pytest.mark.slow) for f in FAULTS]
+)
 def test_a_killed_export_leaves_the_old_or_the_new_folder(runs, tmp_path, fault):
     dest = tmp_path / "card"
     shutil.copytree(runs["card_a"], dest)  # an earlier export

@@ -239,7 +239,10 @@ DAMAGE = {
 }
 
 
-@pytest.mark.parametrize("damage", list(DAMAGE))
+# one damage in the default suite, every damage with -m slow (each case is a full kill-and-resume run)
+@pytest.mark.parametrize(
+    "damage", [d if i == 0 else pytest.param(d, marks=pytest.mark.slow) for i, d in enumerate(DAMAGE)]
+)
 def test_damaged_newest_checkpoint_falls_back_to_an_intact_one(references, tmp_path, damage):
     """Each file of a checkpoint is hashed when it is written: damage that Accelerate would load silently (a flipped
     weight byte, a deleted RNG state, which Accelerate's load_state only logs) is caught, the newest intact checkpoint
@@ -268,7 +271,7 @@ def test_resume_without_any_intact_checkpoint_says_it_starts_from_step_0(referen
     assert_matches_reference(out, references["plain"])
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_sigterm_or_ctrl_c_saves_a_checkpoint_and_resumes_exactly(references, tmp_path, signum):
     """A scheduler's SIGTERM or a Ctrl-C mid-epoch: the step in progress finishes, a checkpoint of it is written
     (although none is due), the exit code is 128 + the signal, and the resumed run equals the uninterrupted one."""
