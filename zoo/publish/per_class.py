@@ -10,17 +10,10 @@ import torch
 from torch import nn
 
 from zoo.data.datasets import build_datasets
-from zoo.data.pipeline import normalize
-from zoo.training.evaluation import fit_resolution
+from zoo.training.evaluation import accuracy
 
 PER_CLASS_FILE = "per_class.json"
 CONFUSION_PLOT = "confusion_matrix.png"
-
-
-def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> list[list[int]]:
-    """``m[true][predicted]`` counts."""
-    flat = targets.long() * num_classes + preds.long()
-    return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes).tolist()
 
 
 def summarize(matrix: list[list[int]], class_names: list[str]) -> dict:
@@ -44,7 +37,6 @@ def summarize(matrix: list[list[int]], class_names: list[str]) -> dict:
     return {"class_names": class_names, "matrix": matrix, "per_class": rows, "acc": correct / total if total else None}
 
 
-@torch.no_grad()
 def evaluate_per_class(model: nn.Module, recipe, batch_size: int = 512) -> dict | None:
     """The run's evaluation split (the recipe's data settings), predicted by ``model``; None when the data is not
     available on this machine (an image folder elsewhere)."""
@@ -56,15 +48,9 @@ def evaluate_per_class(model: nn.Module, recipe, batch_size: int = 512) -> dict 
         )  # fmt: skip
     except (ValueError, OSError):
         return None
-    model.eval()
-    size = model.model_args.get("img_size")
-    preds = []
-    for i in range(0, len(bundle.test_y), batch_size):
-        x = normalize(bundle.test_x[i : i + batch_size], bundle.mean, bundle.std)
-        preds.append(model(fit_resolution(x, size)).argmax(-1))
-    matrix = confusion_matrix(torch.cat(preds), bundle.test_y, bundle.num_classes)
-    names = list(bundle.class_names or [str(i) for i in range(bundle.num_classes)])
-    return summarize(matrix, names)
+    n = bundle.num_classes
+    res = accuracy(model, bundle.test_x, bundle.test_y, bundle.mean, bundle.std, batch_size, num_classes=n)
+    return summarize(res["matrix"], list(bundle.class_names or [str(i) for i in range(n)]))
 
 
 def plot_confusion(summary: dict, path: Path, title: str) -> bool:

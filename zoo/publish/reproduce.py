@@ -22,7 +22,7 @@ from pathlib import Path
 
 from zoo.hub import WEIGHTS_NAME, ModelLoadError, read_metadata
 from zoo.models.pretrained import MODEL_CARDS
-from zoo.training.recipe import load_recipe
+from zoo.training.recipe import flatten_dotted, load_recipe
 from zoo.training.run_folder import read_json_object, read_records
 from zoo.training.trainer import train
 from zoo.utils.manifest import package_version, recipe_hash
@@ -194,19 +194,9 @@ def resolve_pretrained(pretrained: str | None, card_folder: Path, base_model: st
     )
 
 
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def recipe_changes(card: dict, reproduced: dict) -> list[dict]:
     """Fields where the reproduced recipe differs from the card's (base model path, pinned precision, --set)."""
-    a, b = flatten(card), flatten(reproduced)
+    a, b = flatten_dotted(card), flatten_dotted(reproduced)
     return [
         {"field": k, "card": a.get(k), "reproduced": b.get(k)}
         for k in sorted(a.keys() | b.keys())

@@ -33,6 +33,7 @@ def evaluate(
     mean,
     std,
     gather: Callable | None = None,
+    num_classes: int | None = None,
 ) -> dict:
     """Top-1 accuracy and mean cross-entropy of ``model`` over uint8 image batches.
 
@@ -40,15 +41,17 @@ def evaluate(
         batches: ``(x uint8 (B, C, H, W), y int64 (B,))`` pairs.
         gather: ``Accelerator.gather_for_metrics`` when the batches are this process's shard (every process then
             gets the totals over all of them, without the padding of the last batch); None in a single process.
+        num_classes: when given, also count the confusion matrix (``matrix[true][predicted]``).
 
     Returns:
-        ``{"acc", "loss", "n"}``. The model's train/eval mode is restored afterwards.
+        ``{"acc", "loss", "n"}`` (and ``"matrix"``). The model's train/eval mode is restored afterwards.
     """
     was_training = model.training
     model.eval()
     size = getattr(getattr(model, "module", model), "model_args", {}).get("img_size")
     correct = total = 0
     loss_sum = 0.0
+    matrix = torch.zeros(num_classes or 0, num_classes or 0, dtype=torch.int64)
     for x, y in batches:
         logits = model(fit_resolution(normalize(x, mean, std), size)).float()
         loss = F.cross_entropy(logits, y, reduction="sum")
@@ -58,8 +61,11 @@ def evaluate(
         correct += (preds == ys).sum().item()
         total += ys.numel()
         loss_sum += losses.sum().item()
+        if num_classes:
+            matrix += torch.bincount(ys * num_classes + preds, minlength=num_classes**2).reshape(matrix.shape)
     model.train(was_training)
-    return {"acc": correct / max(total, 1), "loss": loss_sum / max(total, 1), "n": total}
+    out = {"acc": correct / max(total, 1), "loss": loss_sum / max(total, 1), "n": total}
+    return {**out, "matrix": matrix.tolist()} if num_classes else out
 
 
 def tensor_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
@@ -79,13 +85,20 @@ def check_input_fits(model, bundle, source: str) -> None:
 
 
 def accuracy(
-    model, x_uint8: torch.Tensor, y: torch.Tensor, mean, std, batch_size: int = 512, progress: bool = False
+    model,
+    x_uint8: torch.Tensor,
+    y: torch.Tensor,
+    mean,
+    std,
+    batch_size: int = 512,
+    progress: bool = False,
+    num_classes: int | None = None,
 ) -> dict:
     """``evaluate`` over in-memory tensors, leaving the model in eval mode (``progress``: a bar on stderr)."""
     model.eval()
     batches = tensor_batches(x_uint8, y, batch_size)
-    total = math.ceil(len(y) / batch_size)
-    return evaluate(model, tqdm(batches, total=total, desc="eval", unit="batch", disable=not progress), mean, std)
+    bar = tqdm(batches, total=math.ceil(len(y) / batch_size), desc="eval", unit="batch", disable=not progress)
+    return evaluate(model, bar, mean, std, num_classes=num_classes)
 
 
 def _published_for_bare_name(source: str) -> str:

@@ -38,7 +38,7 @@ from zoo.training.freezing import set_group_lrs
 from zoo.training.interrupt import StoppedBySignal, stop_on_signals
 from zoo.training.precision import choose_precision
 from zoo.training.progress import lr_factor
-from zoo.training.recipe import SCHEMA_VERSION, Recipe, RecipeError
+from zoo.training.recipe import SCHEMA_VERSION, Recipe, RecipeError, flatten_dotted
 from zoo.training.run_folder import PRECISION_FILE, RunFolder
 from zoo.training.stage_plan import StagePlan, apply_structure, build_model, build_optimizer, set_step_values
 from zoo.utils.manifest import collect_manifest, cpu_capability, recipe_hash, write_json_atomic
@@ -413,15 +413,9 @@ class Trainer:
 
 
 # ------------------------------------------------------------------------------------------------- the pieces
-def flat_hparams(d: dict, prefix: str = "") -> dict:
+def flat_hparams(d: dict) -> dict:
     """A nested recipe as ``section.key -> value`` with the scalar types every tracker accepts (others as text)."""
-    out: dict = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(flat_hparams(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten_dotted(d).items()}
 
 
 def make_accelerator(recipe: Recipe, out: Path, precision: str) -> Accelerator:
