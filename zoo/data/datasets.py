@@ -1,50 +1,59 @@
-"""Datasets as in-memory uint8 tensors (augmentation and loaders: ``zoo.data.pipeline``).
+"""Datasets: a source name to the train and eval splits a run uses (augmentation and loaders: ``zoo.data.pipeline``).
 
-Design: every dataset is decoded once per process into ``uint8`` tensors (N, C, H, W) plus ``int64`` labels, so
-loading a batch is one indexing op and nothing is decoded twice. ``build_datasets`` turns a source name into a
-:class:`DatasetBundle` (class filter, subsets, normalisation statistics):
+``build_datasets`` turns a source name into a :class:`DatasetBundle` (class filter, subsets, validation hold-out,
+normalisation statistics), each split an :class:`~zoo.data.sources.ImageSource`:
 
-* ``fashion-mnist``: the official IDX files (``zoo.data.fashion_mnist``);
-* ``imagefolder:PATH``: the user's own images (``zoo.data.imagefolder``).
+* ``fashion-mnist``: the official IDX files (``zoo.data.fashion_mnist``), decoded into memory;
+* ``imagefolder:PATH``: the user's own images (``zoo.data.imagefolder``);
+* ``hf:NAME``: a Hugging Face dataset, from the hub cache or a local folder (``zoo.data.hf_datasets``).
+
+Small data is fastest decoded once into memory (a batch is then one indexing op); data of any size can be decoded on
+the fly, batch by batch in DataLoader workers. Image folders and Hugging Face datasets are decoded into memory only
+when asked (``data.cache: true``) or, by default (``auto``), when the decoded splits fit ``data.cache_max_mb``;
+:attr:`DatasetBundle.storage` says which path a run takes and why.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from zoo.data.errors import DataError
 from zoo.data.fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
-from zoo.data.imagefolder import load_imagefolder
+from zoo.data.hf_datasets import open_hf_dataset
+from zoo.data.imagefolder import open_imagefolder
+from zoo.data.sources import ImageSource, TensorSource, materialize
+
+# images whose pixel statistics normalise an image folder or Hugging Face dataset: a fixed class-balanced sample, so
+# start-up does not decode the whole set, and the in-memory and on-the-fly paths normalise identically
+STATS_SAMPLE = 2048
+STATS_CHUNK = 64  # images decoded at a time while estimating them: start-up memory does not grow with the sample
 
 __all__ = ["DataError", "DatasetBundle", "build_datasets"]
 
 
 @dataclass
 class DatasetBundle:
-    """A decoded dataset ready for training.
+    """The splits a run trains and evaluates on.
 
     Attributes:
-        train_x: uint8 (N, C, H, W) train images.
-        train_y: int64 (N,) train labels in ``[0, num_classes)``.
-        test_x: uint8 (M, C, H, W) eval images.
-        test_y: int64 (M,) eval labels.
+        train: The train split (labels in ``[0, num_classes)``).
+        test: The eval split.
         num_classes: Number of classes after any class filter.
         in_chans: C.
         img_size: H == W.
         mean: Per-channel normalization mean (of x / 255).
         std: Per-channel normalization std.
         class_names: Names of the classes, index = label.
-        eval_split: ``"test"``, or ``"val"`` when ``test_x`` / ``test_y`` are a validation split held out of train.
+        eval_split: ``"test"``, or ``"val"`` when ``test`` is a validation split held out of train.
+        storage: Which path the images take (in memory, or decoded on the fly) and why, for the start-up message.
     """
 
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
+    train: ImageSource
+    test: ImageSource
     num_classes: int
     in_chans: int
     img_size: int
@@ -52,32 +61,58 @@ class DatasetBundle:
     std: tuple[float, ...]
     class_names: list[str]
     eval_split: str = "test"
+    storage: str = "in memory"
+
+    # The in-memory views, for code that works on decoded tensors (cards, tests, notebooks). An on-the-fly split has
+    # no such tensor: decoding it whole is what streaming avoids, so asking for it is an error that says so.
+    @property
+    def train_x(self) -> torch.Tensor:
+        return _tensor_of(self.train, "train")
+
+    @property
+    def test_x(self) -> torch.Tensor:
+        return _tensor_of(self.test, "eval")
+
+    @property
+    def train_y(self) -> torch.Tensor:
+        return self.train.labels
+
+    @property
+    def test_y(self) -> torch.Tensor:
+        return self.test.labels
 
 
-def _channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean/std of ``x / 255`` (float64 sums, chunked to keep memory small)."""
-    c = x.shape[1]
-    s = torch.zeros(c, dtype=torch.float64)
-    s2 = torch.zeros(c, dtype=torch.float64)
-    for i in range(0, len(x), chunk):
-        v = x[i : i + chunk].to(torch.float64).div_(255).transpose(0, 1).reshape(c, -1)
-        s += v.sum(1)
-        s2 += v.square().sum(1)
-    n = x.numel() // c
+def _tensor_of(source: ImageSource, split: str) -> torch.Tensor:
+    if isinstance(source, TensorSource):
+        return source.x
+    raise DataError(f"the {split} split is decoded on the fly ({len(source)} images); iterate it in batches "
+                    "(zoo.data.pipeline.make_loader) or set data.cache: true to hold it in memory")  # fmt: skip
+
+
+def _channel_stats(batches: Iterable[torch.Tensor]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std of ``x / 255`` over uint8 (B, C, H, W) batches (float64 sums: memory of one batch)."""
+    s = s2 = None
+    n = 0
+    for x in batches:
+        c = x.shape[1]
+        v = x.to(torch.float64).div_(255).transpose(0, 1).reshape(c, -1)
+        s = v.sum(1) if s is None else s + v.sum(1)
+        s2 = v.square().sum(1) if s2 is None else s2 + v.square().sum(1)
+        n += v.shape[1]
     mean = s / n
     std = (s2 / n - mean.square()).clamp_min(1e-12).sqrt()
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
-def _filter_classes(
-    x: torch.Tensor, y: torch.Tensor, classes: Sequence[int], num_classes: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep samples whose label is in ``classes`` and relabel ``classes[i] -> i`` (labels are in [0, num_classes))."""
+def _filter_classes(source: ImageSource, classes: Sequence[int], num_classes: int) -> ImageSource:
+    """Keep images whose label is in ``classes`` and relabel ``classes[i] -> i`` (labels are in [0, num_classes))."""
     lut = torch.full((num_classes,), -1, dtype=torch.int64)
     lut[torch.tensor(list(classes), dtype=torch.int64)] = torch.arange(len(classes))
-    new_y = lut[y]
-    keep = new_y >= 0
-    return x[keep], new_y[keep]
+    new_y = lut[source.labels]
+    keep = torch.nonzero(new_y >= 0).flatten()
+    kept = source.subset(keep)
+    kept.labels = new_y[keep]
+    return kept
 
 
 def _stratified_subset(y: torch.Tensor, n: int) -> torch.Tensor:
@@ -100,21 +135,19 @@ def _stratified_subset(y: torch.Tensor, n: int) -> torch.Tensor:
     return take.sort().values
 
 
-def _hold_out(
-    x: torch.Tensor, y: torch.Tensor, n: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _hold_out(source: ImageSource, n: int) -> tuple[ImageSource, ImageSource]:
     """Split ``n`` images off the training set as a validation split: the class-balanced, seed-independent subset of
     :func:`_stratified_subset` (so every run and every recipe holds out the same images), the rest stays for
-    training. Returns ``train_x, train_y, val_x, val_y``."""
+    training. Returns ``(train, val)``."""
     _check_subset(n, "data.val_split")
-    if n >= len(y):
+    if n >= len(source):
         raise DataError(
-            f"data.val_split: {n} would leave no training images (the split has {len(y)})", field="data.val_split"
+            f"data.val_split: {n} would leave no training images (the split has {len(source)})", field="data.val_split"
         )
-    held = _stratified_subset(y, n)
-    keep = torch.ones(len(y), dtype=torch.bool)
+    held = _stratified_subset(source.labels, n)
+    keep = torch.ones(len(source), dtype=torch.bool)
     keep[held] = False
-    return x[keep], y[keep], x[held], y[held]
+    return source.subset(torch.nonzero(keep).flatten()), source.subset(held)
 
 
 def _check_subset(n: int | None, field: str) -> None:
@@ -122,35 +155,73 @@ def _check_subset(n: int | None, field: str) -> None:
         raise DataError(f"{field} must be a positive int (or null for all), got {n!r}", field=field)
 
 
+def _required(value: int | None, field: str) -> int:
+    if value is None:  # the trainer fills it in from the model; only a model without a stated input size leaves it
+        raise DataError(f"{field} is required for this dataset (the model does not state its input size)", field=field)
+    return value
+
+
 def _load_source(
-    name: str, path: str | os.PathLike | None, img_size: int | None, in_chans: int | None
-) -> tuple[dict, list[str], tuple[float, ...], tuple[float, ...]]:
-    """The decoded splits of a named source, its class names and its normalisation statistics."""
+    name: str,
+    path: str | os.PathLike | None,
+    img_size: int | None,
+    in_chans: int | None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+) -> tuple[dict, list[str], tuple[float, ...] | None, tuple[float, ...] | None]:
+    """The splits of a named source, its class names and its normalisation statistics (None: estimate them)."""
     if not isinstance(name, str):
         raise DataError(f"data.name must be a string, got {name!r}", field="data.name")
     if name == "fashion-mnist":
         data = load_fashion_mnist(path)
-        class_names = list(FASHION_MNIST_CLASSES)
-        mean, std = FASHION_MNIST_MEAN, FASHION_MNIST_STD
         # Fashion-MNIST is used at its native size; a mismatch means the model/recipe expects other data, which is
         # better reported than hidden by resizing.
         for field, value, native in (("data.img_size", img_size, 28), ("data.in_chans", in_chans, 1)):
             if value is not None and value != native:
                 raise DataError(f"{field}: fashion-mnist is {native}, got {value!r}", field=field)
-    elif name.startswith("imagefolder:"):
+        splits = {s: TensorSource(data[f"{s}_x"], data[f"{s}_y"]) for s in ("train", "test")}
+        return splits, list(FASHION_MNIST_CLASSES), FASHION_MNIST_MEAN, FASHION_MNIST_STD
+    if not name.startswith(("imagefolder:", "hf:")):
+        raise DataError(
+            f"data.name must be 'fashion-mnist', 'imagefolder:PATH' or 'hf:NAME', got {name!r}", field="data.name"
+        )
+    img_size = _required(img_size, "data.img_size")
+    in_chans = _required(in_chans, "data.in_chans")
+    if name.startswith("imagefolder:"):
         root = name.removeprefix("imagefolder:") or path
         if not root:
             raise DataError("data.name 'imagefolder:PATH' needs a PATH (or data.path)", field="data.name")
-        if img_size is None or in_chans is None:
-            field = "data.img_size" if img_size is None else "data.in_chans"
-            raise DataError(f"{field} is required for image-folder datasets", field=field)
-        data = load_imagefolder(root, img_size, in_chans)
-        class_names = list(data["classes"])
-        # Stats of the full train split (before any class filter), for the same reason as Fashion-MNIST's constants.
-        mean, std = _channel_stats(data["train_x"])
-    else:
-        raise DataError(f"data.name must be 'fashion-mnist' or 'imagefolder:PATH', got {name!r}", field="data.name")
-    return data, class_names, mean, std
+        data = open_imagefolder(root, img_size, in_chans)
+    elif name.startswith("hf:"):
+        spec = name.removeprefix("hf:") or path
+        if not spec:
+            raise DataError("data.name 'hf:NAME' needs a hub id or folder (or data.path)", field="data.name")
+        data = open_hf_dataset(str(spec), img_size, in_chans, image_column, label_column)
+    return {"train": data["train"], "test": data["test"]}, list(data["classes"]), None, None
+
+
+def _estimate_stats(train: ImageSource) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std of a fixed class-balanced sample of the full train split (before any class filter, for
+    the same reason as Fashion-MNIST's constants: both halves of a transfer experiment are normalised alike)."""
+    sample = _stratified_subset(train.labels, min(STATS_SAMPLE, len(train)))
+    return _channel_stats(train.load(chunk) for chunk in sample.split(STATS_CHUNK))
+
+
+def _storage(train: ImageSource, test: ImageSource, cache: bool | str, cache_max_mb: float) -> tuple[bool, str]:
+    """Whether to decode both splits into memory, and the sentence that says why."""
+    if not (train.lazy or test.lazy):
+        return False, "in memory (decoded at start-up)"
+    mb = (train.decoded_bytes + test.decoded_bytes) / 2**20
+    if cache is True:
+        return True, f"decoded into memory at start-up ({mb:,.1f} MB; data.cache: true)"
+    if cache is False:
+        return False, f"decoded on the fly in DataLoader workers (data.cache: false; {mb:,.1f} MB decoded)"
+    if mb <= cache_max_mb:
+        return True, f"decoded into memory at start-up ({mb:,.1f} MB fits data.cache_max_mb: {cache_max_mb:g})"
+    return False, (
+        f"decoded on the fly in DataLoader workers ({mb:,.1f} MB decoded would exceed data.cache_max_mb: "
+        f"{cache_max_mb:g})"
+    )
 
 
 def build_datasets(
@@ -162,13 +233,18 @@ def build_datasets(
     img_size: int | None = None,
     in_chans: int | None = None,
     val_split: int | None = None,
+    cache: bool | str = "auto",
+    cache_max_mb: float = 1024.0,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    progress: bool = True,
 ) -> DatasetBundle:
     """Build a :class:`DatasetBundle` from a dataset name.
 
     Args:
-        name: ``"fashion-mnist"`` or ``"imagefolder:PATH"``.
-        path: Fashion-MNIST folder (see :func:`find_fashion_mnist`); for ``imagefolder:`` with an empty PATH, the
-            dataset root.
+        name: ``"fashion-mnist"``, ``"imagefolder:PATH"`` or ``"hf:NAME"``.
+        path: Fashion-MNIST folder (see :func:`find_fashion_mnist`); for ``imagefolder:`` / ``hf:`` with an empty
+            PATH / NAME, the dataset.
         classes: Keep only these original labels, remapped to ``0..len(classes)-1`` in the given order (e.g. pretrain
             on ``[0, 1, 2, 3, 4]``, fine-tune on ``[5, 6, 7, 8, 9]``). Normalization stats stay those of the full
             dataset so both halves of a transfer experiment see identically normalized inputs.
@@ -177,8 +253,15 @@ def build_datasets(
         test_subset: Same for the eval split.
         val_split: Hold out this many (class-balanced, seed-independent) training images and make them the eval
             split in place of the test split (``eval_split`` is then ``"val"``): settings are chosen on it.
-        img_size: Output side, required for image folders. For Fashion-MNIST it may be given but must be 28.
-        in_chans: 1 or 3, required for image folders. For Fashion-MNIST it may be given but must be 1.
+        img_size: Output side, required for image folders and Hugging Face datasets (the trainer passes the model's).
+            For Fashion-MNIST it may be given but must be 28.
+        in_chans: 1 or 3, as ``img_size``. For Fashion-MNIST it may be given but must be 1.
+        cache: ``True`` decode image folders / Hugging Face datasets into memory at start-up, ``False`` decode them on
+            the fly, ``"auto"`` in memory when the decoded splits fit ``cache_max_mb``.
+        cache_max_mb: The memory budget of ``"auto"``.
+        image_column: ``hf:`` only: the image column (default: the first ``Image`` feature).
+        label_column: ``hf:`` only: the label column (default: the first ``ClassLabel`` feature).
+        progress: Show a bar while decoding into memory.
 
     Returns:
         The bundle. Without class filter or subsets the tensors are shared with the load cache: treat as read-only.
@@ -187,8 +270,12 @@ def build_datasets(
         DataError: Unknown ``name`` (``field="data.name"``), invalid ``classes``/subsets/sizes (``field`` names the
             config field), or missing/corrupt data (``path`` names it).
     """
-    data, class_names, mean, std = _load_source(name, path, img_size, in_chans)
-    train_x, train_y, test_x, test_y = data["train_x"], data["train_y"], data["test_x"], data["test_y"]
+    if cache not in (True, False, "auto"):
+        raise DataError(f"data.cache must be true, false or auto, got {cache!r}", field="data.cache")
+    splits, class_names, mean, std = _load_source(name, path, img_size, in_chans, image_column, label_column)
+    train, test = splits["train"], splits["test"]
+    if mean is None or std is None:
+        mean, std = _estimate_stats(train)
     if classes is not None:
         n_all = len(class_names)
         bad = [c for c in classes if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < n_all]
@@ -196,33 +283,33 @@ def build_datasets(
             raise DataError(
                 f"data.classes must be distinct ints in [0, {n_all}), got {classes!r}", field="data.classes"
             )
-        train_x, train_y = _filter_classes(train_x, train_y, classes, n_all)
-        test_x, test_y = _filter_classes(test_x, test_y, classes, n_all)
+        train = _filter_classes(train, classes, n_all)
+        test = _filter_classes(test, classes, n_all)
         class_names = [class_names[c] for c in classes]
     eval_split = "test"
     if val_split is not None:
-        train_x, train_y, test_x, test_y = _hold_out(train_x, train_y, val_split)
+        train, test = _hold_out(train, val_split)
         eval_split = "val"
     _check_subset(train_subset, "data.train_subset")
     _check_subset(test_subset, "data.test_subset")
     # A subset larger than the split means "all of it" (e.g. a fixed smoke-test size on a tiny image folder).
     if train_subset is not None:
-        idx = _stratified_subset(train_y, train_subset)
-        train_x, train_y = train_x[idx], train_y[idx]
+        train = train.subset(_stratified_subset(train.labels, train_subset))
     if test_subset is not None:
-        idx = _stratified_subset(test_y, test_subset)
-        test_x, test_y = test_x[idx], test_y[idx]
-
+        test = test.subset(_stratified_subset(test.labels, test_subset))
+    in_memory, storage = _storage(train, test, cache, cache_max_mb)
+    if in_memory:
+        train = materialize(train, "decode train", progress=progress)
+        test = materialize(test, "decode eval", progress=progress)
     return DatasetBundle(
-        train_x=train_x,
-        train_y=train_y,
-        test_x=test_x,
-        test_y=test_y,
+        train=train,
+        test=test,
         num_classes=len(class_names),
-        in_chans=train_x.shape[1],
-        img_size=train_x.shape[-1],
+        in_chans=train.in_chans,
+        img_size=train.img_size,
         mean=tuple(mean),
         std=tuple(std),
         class_names=class_names,
         eval_split=eval_split,
+        storage=storage,
     )

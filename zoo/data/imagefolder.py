@@ -1,15 +1,17 @@
 """Image folders: the user's own images, ``PATH/train/<class>/*.png`` and ``PATH/val/<class>/*`` (or ``test``),
-decoded with PIL and resized to a fixed square size. Everything is held in RAM, so this is meant for small datasets."""
+listed at start-up and decoded on demand (``zoo.data.sources.LazySource``), so a folder far larger than memory trains;
+``zoo.data.datasets`` decides whether a split is small enough to decode into memory once instead."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from zoo.data.decode import MODES, file_decoder
 from zoo.data.errors import DataError
+from zoo.data.sources import LazySource, materialize
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 
@@ -20,68 +22,49 @@ def _list_images(folder: Path) -> list[Path]:
     return sorted(p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def _decode_image(file: Path, img_size: int, mode: str) -> torch.Tensor:
-    """Decode one image to uint8 (C, img_size, img_size): EXIF-rotate, convert, resize short side, center-crop."""
-    from PIL import Image, ImageOps  # lazy: only image-folder users pay for PIL
-
-    try:
-        with Image.open(file) as im:
-            im = ImageOps.exif_transpose(im)
-            im = im.convert(mode)
-            # ImageOps.fit keeps the aspect ratio (resize the short side, center-crop) like timm's eval transform.
-            im = ImageOps.fit(im, (img_size, img_size), method=Image.Resampling.BICUBIC)
-            arr = np.array(im, dtype=np.uint8)  # a writable copy: torch.from_numpy warns on read-only arrays
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"cannot decode image {file}: {e}", path=file) from e
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(arr))
-
-
-def _load_split(
-    folder: Path, class_to_idx: dict[str, int], img_size: int, mode: str, require_all: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode ``folder/<class>/*`` into (uint8 images, int64 labels)."""
+def _list_split(folder: Path, class_to_idx: dict[str, int], require_all: bool) -> tuple[list[Path], torch.Tensor]:
+    """The image files of ``folder/<class>/*`` and their int64 labels (nothing is decoded)."""
     if not folder.is_dir():
         raise DataError(f"image folder {folder} does not exist", path=folder)
     class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
         raise DataError(f"image folder {folder} has no class sub-folders ({folder}/<class>/*.png)", path=folder)
-    xs, ys = [], []
+    files: list[Path] = []
+    labels: list[int] = []
     for d in class_dirs:
         if d.name not in class_to_idx:
             raise DataError(f"class folder {d} does not exist in the train split", path=d)
-        files = _list_images(d)
-        if not files and require_all:
+        found = _list_images(d)
+        if not found and require_all:
             raise DataError(f"class folder {d} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})", path=d)
-        xs += [_decode_image(f, img_size, mode) for f in files]
-        ys += [class_to_idx[d.name]] * len(files)
-    if not xs:
+        files += found
+        labels += [class_to_idx[d.name]] * len(found)
+    if not files:
         raise DataError(f"image folder {folder} holds no images", path=folder)
-    return torch.stack(xs), torch.tensor(ys, dtype=torch.int64)
+    return files, torch.tensor(labels, dtype=torch.int64)
 
 
-def load_imagefolder(path: str | os.PathLike, img_size: int, in_chans: int) -> dict:
-    """Decode an image-folder dataset into memory.
+def open_imagefolder(path: str | os.PathLike, img_size: int, in_chans: int) -> dict:
+    """An image-folder dataset as two :class:`~zoo.data.sources.LazySource` splits: files are listed, not decoded.
 
     Layout: ``path/train/<class>/*.{png,jpg,...}`` and ``path/val/<class>/...`` (``path/test`` if there is no
     ``val``). Classes are the sorted train sub-folder names; every train class needs at least one image, the eval
-    split may lack some classes but not hold unknown ones.
+    split may lack some classes but not hold unknown ones. Each image is decoded when a batch asks for it
+    (:func:`zoo.data.decode.decode_file`: EXIF-rotated, converted, short side resized, center-cropped).
 
     Args:
         path: Dataset root.
-        img_size: Output side; images are resized (short side) and center-cropped to ``img_size x img_size``.
+        img_size: Output side.
         in_chans: 1 (converted to grayscale "L") or 3 ("RGB").
 
     Returns:
-        ``{"train_x", "train_y", "test_x", "test_y", "classes"}`` with uint8 (N, in_chans, img_size, img_size) images,
-        int64 labels and the list of class names.
+        ``{"train", "test"}`` sources and ``"classes"``, the list of class names.
 
     Raises:
-        DataError: Missing/empty folders (``path`` names the folder), undecodable images (``path`` names the file),
-            or invalid ``img_size``/``in_chans`` (``field`` names the config field).
+        DataError: Missing/empty folders (``path`` names the folder) or invalid ``img_size``/``in_chans`` (``field``
+            names the config field). An undecodable image is reported (naming the file) when it is decoded.
     """
-    modes = {1: "L", 3: "RGB"}
-    if in_chans not in modes:
+    if in_chans not in MODES:
         raise DataError(f"data.in_chans must be 1 or 3 for image folders, got {in_chans!r}", field="data.in_chans")
     if not isinstance(img_size, int) or img_size <= 0:
         raise DataError(f"data.img_size must be a positive int, got {img_size!r}", field="data.img_size")
@@ -94,6 +77,19 @@ def load_imagefolder(path: str | os.PathLike, img_size: int, in_chans: int) -> d
     classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
     class_to_idx = {c: i for i, c in enumerate(classes)}
     eval_dir = root / "val" if (root / "val").is_dir() else root / "test"
-    train_x, train_y = _load_split(train_dir, class_to_idx, img_size, modes[in_chans], require_all=True)
-    test_x, test_y = _load_split(eval_dir, class_to_idx, img_size, modes[in_chans], require_all=False)
-    return {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y, "classes": classes}
+    decode = file_decoder(img_size, in_chans)
+    splits = {}
+    for split, folder, require_all in (("train", train_dir, True), ("test", eval_dir, False)):
+        files, labels = _list_split(folder, class_to_idx, require_all)
+        splits[split] = LazySource([str(f) for f in files], labels, decode, in_chans, img_size)
+    return {**splits, "classes": classes}
+
+
+def load_imagefolder(path: str | os.PathLike, img_size: int, in_chans: int) -> dict:
+    """:func:`open_imagefolder` with every image decoded into memory: ``{"train_x", "train_y", "test_x", "test_y",
+    "classes"}`` with uint8 (N, in_chans, img_size, img_size) images and int64 labels."""
+    opened = open_imagefolder(path, img_size, in_chans)
+    train = materialize(opened["train"], "decode train")
+    test = materialize(opened["test"], "decode eval")
+    return {"train_x": train.x, "train_y": train.labels, "test_x": test.x, "test_y": test.labels,
+            "classes": opened["classes"]}  # fmt: skip

@@ -1,4 +1,4 @@
-"""Batched augmentation and low-overhead loaders over the in-memory tensors of ``zoo.data.datasets``.
+"""Batched augmentation and low-overhead loaders over the splits of ``zoo.data.datasets``.
 
 Loading a batch is a single advanced-indexing op (``IndexDataset.__getitems__``), and augmentation works on whole
 batches with randomness drawn only from an explicit ``torch.Generator``, so a resumed run replays exactly the same
@@ -7,6 +7,7 @@ augmentations.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -14,7 +15,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from zoo.data.augment import image_seed
 from zoo.data.datasets import DatasetBundle
+from zoo.data.sources import ImageSource, TensorSource
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Batched augmentation
@@ -91,34 +94,58 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
 
 
 class IndexDataset(Dataset):
-    """Map-style dataset over in-memory tensors whose batches are fetched by one advanced-indexing op.
+    """Map-style dataset over an :class:`~zoo.data.sources.ImageSource` whose batches are fetched in one call.
 
     ``DataLoader`` (auto-collation, i.e. ``batch_size`` not None) calls ``dataset.__getitems__(indices)`` when it exists
     and passes its return value straight to ``collate_fn`` (``torch.utils.data._utils.fetch._MapDatasetFetcher``).
-    ``__getitems__`` here returns the finished batch ``(x[idx], y[idx])``, which torch's *default* collate would
-    mangle (it would try to stack ``x`` with ``y``), so loaders must use :func:`collate_batch` as ``collate_fn``,
-    as :func:`make_loader` does. ``collate_batch`` also accepts plain lists of samples, so it is safe either way.
+    ``__getitems__`` here returns the finished batch ``(x, y)``: one indexing op for images in memory, the batch's
+    images decoded for an on-the-fly source (in the DataLoader's worker processes when it has some). Torch's
+    *default* collate would mangle that tuple (it would try to stack ``x`` with ``y``), so loaders must use
+    :func:`collate_batch` as ``collate_fn``, as :func:`make_loader` does; it also accepts plain lists of samples.
 
     Args:
-        x: Images (N, ...).
-        y: Labels (N,).
+        x: The source, or in-memory images (N, ...) with ``y``.
+        y: Labels (N,) when ``x`` is a tensor.
+        augment: A per-image augmentation (``zoo.data.augment.ImageAugment``), applied to each image with a seed that
+            is a function of (``seed``, epoch, index): the same draws whatever the workers, ranks or resume point.
+        seed: The run's seed (for ``augment``).
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        if len(x) != len(y):
-            raise ValueError(f"x and y lengths differ: {len(x)} vs {len(y)}")
-        self.x = x
-        self.y = y
+    def __init__(self, x: ImageSource | torch.Tensor, y: torch.Tensor | None = None, augment=None, seed: int = 0):
+        if isinstance(x, torch.Tensor):
+            if y is None or len(x) != len(y):
+                raise ValueError(f"x and y lengths differ: {len(x)} vs {None if y is None else len(y)}")
+            x = TensorSource(x, y)
+        self.source, self.augment, self.seed, self.epoch = x, augment, seed, 0
+
+    @property
+    def x(self) -> torch.Tensor:
+        return self.source.x  # type: ignore[attr-defined]
+
+    @property
+    def y(self) -> torch.Tensor:
+        return self.source.labels
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch of the per-image augmentation draws (set before each epoch's iterator is created: workers get
+        a copy of the dataset then)."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.y)
+        return len(self.source)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x[i], self.y[i]
+        x, y = self.__getitems__([i])
+        return x[0], y[0]
 
     def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.as_tensor(indices, dtype=torch.int64)
-        return self.x[idx], self.y[idx]
+        x = self.source.load(idx)
+        if self.augment is not None:
+            x = torch.stack(
+                [self.augment(img, image_seed(self.seed, self.epoch, i)) for img, i in zip(x, idx.tolist())]
+            ) if len(x) else x  # fmt: skip
+        return x, self.source.labels[idx]
 
 
 def collate_batch(batch: Any) -> Any:
@@ -136,31 +163,34 @@ def collate_batch(batch: Any) -> Any:
 
 
 def make_loader(
-    x: torch.Tensor,
-    y: torch.Tensor,
+    x: ImageSource | torch.Tensor,
+    y: torch.Tensor | None,
     batch_size: int,
     shuffle: bool,
     seed: int,
     drop_last: bool,
     num_workers: int = 0,
+    augment=None,
 ) -> DataLoader:
-    """A plain torch ``DataLoader`` over in-memory tensors (Accelerate's ``prepare`` shards it).
+    """A plain torch ``DataLoader`` over a source (Accelerate's ``prepare`` shards it).
 
     Args:
-        x: Images (N, ...), usually uint8.
-        y: Labels (N,).
+        x: The source, or in-memory images (N, ...), usually uint8, with ``y``.
+        y: Labels (N,) when ``x`` is a tensor, else None.
         batch_size: Per-process batch size.
         shuffle: Shuffle each epoch, seeded by ``seed`` (Accelerate's ``use_seedable_sampler`` replaces the sampler
             with one reseeded per epoch).
-        seed: Seed of the shuffling generator.
+        seed: Seed of the shuffling generator and of ``augment``.
         drop_last: Drop the last incomplete batch.
-        num_workers: Worker processes; 0 is usually fastest since a batch is a single indexing op.
+        num_workers: Worker processes that build (decode, augment) batches ahead of the training step, two each;
+            0 builds them in the training process (fastest for images in memory: a batch is one indexing op).
+        augment: A per-image augmentation run where batches are built (see :class:`IndexDataset`).
 
     Returns:
         The loader; batches are ``(x, y)`` tuples built by :meth:`IndexDataset.__getitems__` and :func:`collate_batch`.
     """
     return DataLoader(
-        IndexDataset(x, y),
+        IndexDataset(x, y, augment=augment, seed=seed),
         batch_size=batch_size,
         shuffle=shuffle,
         generator=torch.Generator().manual_seed(seed) if shuffle else None,
@@ -168,8 +198,19 @@ def make_loader(
         num_workers=num_workers,
         collate_fn=collate_batch,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=num_workers > 0,
+        # Workers are started per epoch, not kept: each epoch's copy of the dataset then carries that epoch (its
+        # augmentation draws); the start-up is small beside an epoch of decoding.
+        persistent_workers=False,
+        prefetch_factor=2 if num_workers > 0 else None,
     )
+
+
+def default_workers(source: ImageSource, requested: int) -> int:
+    """``requested`` workers; for an on-the-fly source 0 means one per core up to 4 (decoding in the training
+    process would stall every step)."""
+    if requested > 0 or not source.lazy:
+        return requested
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 def measure_input_pipeline(
@@ -191,7 +232,8 @@ def measure_input_pipeline(
     """
     # drop_last only when a full batch exists, so tiny datasets still yield batches instead of looping forever.
     drop_last = len(bundle.train_y) >= batch_size
-    loader = make_loader(bundle.train_x, bundle.train_y, batch_size, shuffle=True, seed=0, drop_last=drop_last)
+    workers = default_workers(bundle.train, 0)
+    loader = make_loader(bundle.train, None, batch_size, shuffle=True, seed=0, drop_last=drop_last, num_workers=workers)
     gen = torch.Generator().manual_seed(0)
 
     def batch_stream():

@@ -49,7 +49,7 @@ def evaluate_per_class(model: nn.Module, recipe, batch_size: int = 512) -> dict 
     except (ValueError, OSError):
         return None
     n = bundle.num_classes
-    res = accuracy(model, bundle.test_x, bundle.test_y, bundle.mean, bundle.std, batch_size, num_classes=n)
+    res = accuracy(model, bundle.test, None, bundle.mean, bundle.std, batch_size, num_classes=n)
     return summarize(res["matrix"], list(bundle.class_names or [str(i) for i in range(n)]))
 
 

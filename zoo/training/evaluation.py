@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from zoo.data.datasets import DataError, build_datasets
-from zoo.data.pipeline import normalize
+from zoo.data.pipeline import default_workers, make_loader, normalize
+from zoo.data.sources import ImageSource, TensorSource
 from zoo.hub import load_model
 from zoo.hub.folders import ModelLoadError, default_published_tag
 
@@ -74,6 +75,14 @@ def tensor_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterabl
         yield x[i : i + batch_size], y[i : i + batch_size]
 
 
+def split_batches(source: ImageSource, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """A split in order, ``batch_size`` at a time: sliced from memory, or decoded in DataLoader workers."""
+    if isinstance(source, TensorSource):
+        return tensor_batches(source.x, source.labels, batch_size)
+    workers = default_workers(source, 0)
+    return make_loader(source, None, batch_size, shuffle=False, seed=0, drop_last=False, num_workers=workers)
+
+
 def check_input_fits(model, bundle, source: str) -> None:
     """Image size and channels of the data must be what the model was built for."""
     args = getattr(model, "model_args", {})
@@ -86,17 +95,20 @@ def check_input_fits(model, bundle, source: str) -> None:
 
 def accuracy(
     model,
-    x_uint8: torch.Tensor,
-    y: torch.Tensor,
+    x_uint8: torch.Tensor | ImageSource,
+    y: torch.Tensor | None,
     mean,
     std,
     batch_size: int = 512,
     progress: bool = False,
     num_classes: int | None = None,
 ) -> dict:
-    """``evaluate`` over in-memory tensors, leaving the model in eval mode (``progress``: a bar on stderr)."""
+    """``evaluate`` over in-memory tensors (``x_uint8``, ``y``) or a split (``x_uint8`` an ``ImageSource``, ``y``
+    None), leaving the model in eval mode (``progress``: a bar on stderr)."""
     model.eval()
-    batches = tensor_batches(x_uint8, y, batch_size)
+    source = x_uint8 if isinstance(x_uint8, ImageSource) else TensorSource(x_uint8, y)
+    y = source.labels
+    batches = split_batches(source, batch_size)
     bar = tqdm(batches, total=math.ceil(len(y) / batch_size), desc="eval", unit="batch", disable=not progress)
     return evaluate(model, bar, mean, std, num_classes=num_classes)
 
@@ -146,4 +158,4 @@ def evaluate_source(
         raise DataError(
             f"{source}: num_classes: model predicts {model.num_classes} classes, data has {bundle.num_classes}"
         )
-    return accuracy(model, bundle.test_x, bundle.test_y, bundle.mean, bundle.std, batch_size, progress=progress)
+    return accuracy(model, bundle.test, None, bundle.mean, bundle.std, batch_size, progress=progress)

@@ -23,9 +23,20 @@ from zoo.utils.strict_yaml import StrictYAMLError, load_strict_yaml
 # The recipe schema's version, recorded in every run's manifest. Fields added after version 1, with the version that
 # added them and their neutral value: the value that reproduces the behaviour from before the field existed. A field's
 # neutral value never changes once released (it is part of the identity of every run recorded before it).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 ADDED_FIELDS: dict[str, tuple[int, Any]] = {
     "data.val_split": (2, None),
+    "data.cache": (3, "auto"),
+    "data.cache_max_mb": (3, 1024.0),
+    "data.image_column": (3, None),
+    "data.label_column": (3, None),
+    "data.auto_augment": (3, None),
+    "data.reprob": (3, 0.0),
+    "data.remode": (3, "pixel"),
+    "data.mixup": (3, 0.0),
+    "data.cutmix": (3, 0.0),
+    "data.mix_prob": (3, 1.0),
+    "data.mix_switch_prob": (3, 0.5),
     "schedule.decay": (2, "cosine"),
     "schedule.hold": (2, 0.0),
     "train.ema_warmup": (2, False),
@@ -52,10 +63,17 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    # fashion-mnist | imagefolder:PATH | hf:NAME (a hub dataset, a save_to_disk folder or a folder of data files)
     name: str = "fashion-mnist"
     path: str | None = None
-    img_size: int | None = None  # imagefolder: resize to this (default: the model's)
-    in_chans: int | None = None  # imagefolder: 1 (grey) or 3 (RGB) (default: the model's)
+    img_size: int | None = None  # imagefolder / hf: resize to this (default: the model's)
+    in_chans: int | None = None  # imagefolder / hf: 1 (grey) or 3 (RGB) (default: the model's)
+    # imagefolder / hf: true = decode into memory at start-up, false = decode on the fly in DataLoader workers,
+    # auto = in memory when the decoded splits fit cache_max_mb
+    cache: bool | str = "auto"
+    cache_max_mb: float = 1024.0
+    image_column: str | None = None  # hf: the image column (default: the first Image feature)
+    label_column: str | None = None  # hf: the label column (default: the first ClassLabel feature)
     classes: list[int] | None = None
     train_subset: int | None = None
     test_subset: int | None = None
@@ -66,6 +84,16 @@ class DataConfig:
     eval_batch_size: int = 512
     crop_pad: int = 2
     flip: bool = True
+    # timm's per-image policy (rand-m9-mstd0.5, augmix-m5-w4-d2, original, ...) or trivialaugment
+    auto_augment: str | None = None
+    reprob: float = 0.0  # random erasing probability per image (timm RandomErasing)
+    remode: str = "pixel"  # random erasing fill: pixel | rand | const
+    mixup: float = 0.0  # Mixup alpha (timm Mixup; 0 = off)
+    cutmix: float = 0.0  # CutMix alpha (0 = off)
+    mix_prob: float = 1.0  # probability of mixing a batch
+    mix_switch_prob: float = 0.5  # with both on: probability of CutMix instead of Mixup
+    # DataLoader workers building batches ahead of the step; 0 = in the training process for data in memory, one per
+    # core (up to 4) for data decoded on the fly
     num_workers: int = 0
 
 
@@ -418,6 +446,27 @@ def _check_data(d: DataConfig, t: TrainConfig, err) -> None:
             raise err(f"data.{key}", f"must be >= 0, got {getattr(d, key)}")
     if d.in_chans not in (None, 1, 3):
         raise err("data.in_chans", f"must be 1 (grey) or 3 (RGB), got {d.in_chans}")
+    if d.cache not in (True, False, "auto"):
+        raise err("data.cache", f"must be true, false or auto, got {d.cache!r}")
+    if not d.cache_max_mb >= 0:
+        raise err("data.cache_max_mb", f"must be >= 0 (MB), got {d.cache_max_mb}")
+    for key in ("reprob", "mix_prob", "mix_switch_prob"):
+        if not 0 <= getattr(d, key) <= 1:
+            raise err(f"data.{key}", f"must be a probability in [0, 1], got {getattr(d, key)}")
+    for key in ("mixup", "cutmix"):
+        if getattr(d, key) < 0:
+            raise err(f"data.{key}", f"must be >= 0 (a Beta alpha; 0 = off), got {getattr(d, key)}")
+    if d.remode not in ("pixel", "rand", "const"):
+        raise err("data.remode", f"must be pixel, rand or const, got {d.remode!r}")
+    if d.auto_augment is not None:
+        from zoo.data.augment import ImageAugment
+
+        try:  # timm parses the policy string: a typo fails here, before anything is written
+            ImageAugment(d.auto_augment, 32, (0.5, 0.5, 0.5))
+        except ValueError as e:
+            raise err("data.auto_augment", str(e)) from e
+    if (d.mixup > 0 or d.cutmix > 0) and (d.batch_size // t.accumulation) % 2:
+        raise err("data.mixup", "Mixup / CutMix pair images within a batch: data.batch_size per step must be even")
     if d.val_split is not None and d.val_split < 1:
         raise err("data.val_split", f"must be >= 1 (images held out of the training set), got {d.val_split}")
     if d.batch_size % t.accumulation:

@@ -33,6 +33,29 @@ def routing_args(recipe: Recipe) -> dict | None:
     return {"capacity": r.capacity, "layers": r.layers, "router": r.router, "context": r.context}
 
 
+def model_input_shape(recipe: Recipe) -> tuple[int | None, int | None]:
+    """``(in_chans, img_size)`` the recipe's model takes, for data that is resized to fit it (image folders, Hugging
+    Face datasets): the recipe's model args, else the pretrained model's, else the architecture's default input."""
+    m = recipe.model
+    args = m.args
+    if "in_chans" in args and "img_size" in args:
+        return args["in_chans"], args["img_size"]
+    try:
+        if m.pretrained is None or m.pretrained.endswith(".safetensors"):
+            with torch.device("meta"):  # the shape only: no weights allocated
+                model = timm.create_model(m.name, **args)
+        else:
+            model = load_model(resolve_local_dir(m.pretrained))
+    except (RuntimeError, TypeError, ValueError):
+        return args.get("in_chans"), args.get("img_size")  # build_model reports the problem with the model itself
+    shape = getattr(model, "model_args", {})
+    c, s = shape.get("in_chans"), shape.get("img_size")
+    if c is None or s is None:  # a plain timm model: its pretrained config states the input
+        c, h, _ = model.pretrained_cfg.get("input_size", (None, None, None))
+        s = h
+    return args.get("in_chans", c), args.get("img_size", s)
+
+
 def build_model(recipe: Recipe, bundle) -> nn.Module:
     """The recipe's model for the data in ``bundle``, with the recipe's activation-checkpointing policy applied."""
     model = _build_model(recipe, bundle)

@@ -27,8 +27,9 @@ from safetensors.torch import save_model as save_safetensors_model
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
+from zoo.data.augment import BatchAugment, ImageAugment
 from zoo.data.datasets import build_datasets
-from zoo.data.pipeline import make_loader, normalize, random_crop_flip
+from zoo.data.pipeline import default_workers, make_loader, normalize, random_crop_flip
 from zoo.hub import save_model_folder, weights_hash
 from zoo.measure.machine import gemm_peaks_gflops
 from zoo.training import run_checkpoints as ckpt
@@ -40,8 +41,18 @@ from zoo.training.precision import choose_precision
 from zoo.training.progress import lr_factor
 from zoo.training.recipe import SCHEMA_VERSION, Recipe, RecipeError, flatten_dotted
 from zoo.training.run_folder import PRECISION_FILE, RunFolder
-from zoo.training.stage_plan import StagePlan, apply_structure, build_model, build_optimizer, set_step_values
+from zoo.training.stage_plan import (
+    StagePlan,
+    apply_structure,
+    build_model,
+    build_optimizer,
+    model_input_shape,
+    set_step_values,
+)
 from zoo.utils.manifest import collect_manifest, cpu_capability, recipe_hash, write_json_atomic
+
+# pretrained_cfg keys that locate the weights a model was loaded from, not the weights a run trains
+PARENT_WEIGHT_KEYS = ("tag", "hf_hub_id", "hf_hub_filename", "url", "file", "source")
 
 
 @dataclass
@@ -133,15 +144,24 @@ class Trainer:
     def set_up_data(self) -> None:
         """Data, precision, the Accelerator, both loaders and the run length."""
         recipe, d = self.recipe, self.recipe.data
+        in_chans, img_size = d.in_chans, d.img_size
+        if d.name != "fashion-mnist" and (in_chans is None or img_size is None):
+            model_chans, model_size = model_input_shape(recipe)  # folders and HF datasets are resized to the model
+            in_chans, img_size = in_chans or model_chans, img_size or model_size
         self.bundle = build_datasets(
             d.name,
             path=d.path,
             classes=d.classes,
             train_subset=d.train_subset,
             test_subset=d.test_subset,
-            img_size=d.img_size,
-            in_chans=d.in_chans,
+            img_size=img_size,
+            in_chans=in_chans,
             val_split=d.val_split,
+            cache=d.cache,
+            cache_max_mb=d.cache_max_mb,
+            image_column=d.image_column,
+            label_column=d.label_column,
+            progress=self.progress and os.environ.get("RANK", "0") == "0",  # the Accelerator does not exist yet
         )
         self.precision = resolve_precision(recipe, self.bundle, self.out, self.resuming)
         self.acc = make_accelerator(recipe, self.out, self.precision)
@@ -154,11 +174,24 @@ class Trainer:
                 "recipe", "data.batch_size", f"{d.batch_size} must be divisible by processes x accumulation"
             )
         b = self.bundle
+        workers = default_workers(b.train, d.num_workers)
+        if self.acc.is_main_process:
+            shown = f"; {workers} DataLoader workers" if workers else ""
+            print(f"data: {d.name}: {len(b.train)} train / {len(b.test)} {b.eval_split} images, {b.storage}{shown}")
+        augment = ImageAugment(d.auto_augment, b.img_size, b.mean) if d.auto_augment else None
+        self.batch_augment = BatchAugment(
+            b.num_classes, recipe.train.label_smoothing, d.reprob, d.remode, d.mixup, d.cutmix, d.mix_prob,
+            d.mix_switch_prob,
+        )  # fmt: skip
         loader = make_loader(
-            b.train_x, b.train_y, micro, shuffle=True, seed=recipe.train.seed, drop_last=True, num_workers=d.num_workers
-        )
+            b.train, None, micro, shuffle=True, seed=recipe.train.seed, drop_last=True, num_workers=workers,
+            augment=augment,
+        )  # fmt: skip
         self.train_loader = self.acc.prepare(loader)
-        eval_loader = make_loader(b.test_x, b.test_y, d.eval_batch_size, shuffle=False, seed=0, drop_last=False)
+        eval_loader = make_loader(
+            b.test, None, d.eval_batch_size, shuffle=False, seed=0, drop_last=False,
+            num_workers=default_workers(b.test, d.num_workers),
+        )  # fmt: skip
         self.eval_loader = self.acc.prepare(eval_loader)
         self.steps_per_epoch = len(self.train_loader) // recipe.train.accumulation
         if self.steps_per_epoch < 1:
@@ -246,6 +279,7 @@ class Trainer:
         acc_steps = recipe.train.accumulation
         epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
         self.train_loader.set_epoch(epoch)
+        self.train_loader.dataset.set_epoch(epoch)  # its per-image augmentation draws (Accelerate sets the sampler's)
         loader = acc.skip_first_batches(self.train_loader, in_epoch * acc_steps) if in_epoch else self.train_loader
         it = iter(loader)
         for position in range(in_epoch, self.steps_per_epoch):
@@ -274,11 +308,15 @@ class Trainer:
         loss_sum = 0.0
         for m, (x, y, gen) in enumerate(micro_batches):
             x = normalize(random_crop_flip(x, gen, d.crop_pad, d.flip), self.bundle.mean, self.bundle.std)
+            x, target = self.batch_augment(x, y, gen)  # random erasing, Mixup / CutMix (soft targets) when set
             x = fit_resolution(x, acc.unwrap_model(model).model_args["img_size"])
             sync = acc.no_sync(model) if m < n - 1 else contextlib.nullcontext()
             with sync:
                 logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.train.label_smoothing)
+                if self.batch_augment.soft_targets:  # the targets already carry the label smoothing
+                    loss = torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+                else:
+                    loss = F.cross_entropy(logits.float(), target, label_smoothing=recipe.train.label_smoothing)
                 acc.backward(loss / n)
             loss_sum += loss.detach().float() / n
             self.seen += x.shape[0] * acc.num_processes
@@ -378,8 +416,13 @@ class Trainer:
         check_ranks_identical(acc, acc.unwrap_model(self.model), "end of training")
         wall = self.elapsed()
         final_model = self.ema.module if self.ema is not None else acc.unwrap_model(self.model)
+        # The trained weights are new weights: what named the weights it started from (a published tag, hub id or
+        # URL) no longer describes them, and the input is the data's.
+        inherited = {k: v for k, v in getattr(final_model, "pretrained_cfg", {}).items() if k not in PARENT_WEIGHT_KEYS}
+        size = getattr(final_model, "model_args", {}).get("img_size", bundle.img_size)
         final_model.pretrained_cfg = {
-            **getattr(final_model, "pretrained_cfg", {}),
+            **inherited,
+            "input_size": (bundle.in_chans, size, size),
             "mean": tuple(bundle.mean),
             "std": tuple(bundle.std),
             "num_classes": bundle.num_classes,
