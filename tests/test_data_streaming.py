@@ -83,6 +83,38 @@ def test_hf_dataset_gives_the_original_pixels_and_labels(hf_fmnist, fmnist, form
         b.train_x  # noqa: B018  (the in-memory view of a streamed split is an error that says why)
 
 
+def test_webdataset_tar_shards_through_the_same_path(fmnist, tmp_path):
+    """Tar shards in the WebDataset layout (KEY.png + KEY.cls per sample) load through ``hf:FOLDER`` as they are."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    for split, shards in (("train", 2), ("test", 1)):
+        for shard in range(shards):
+            with tarfile.open(tmp_path / f"{split}-{shard:05d}.tar", "w") as tar:
+                for i in range(shard * 16, shard * 16 + 16):
+                    png = io.BytesIO()
+                    Image.fromarray(fmnist[f"{split}_x"][i, 0].numpy()).save(png, format="PNG")
+                    for suffix, payload in (
+                        ("png", png.getvalue()),
+                        ("cls", str(int(fmnist[f"{split}_y"][i])).encode()),
+                    ):
+                        info = tarfile.TarInfo(f"{i:06d}.{suffix}")
+                        info.size = len(payload)
+                        tar.addfile(info, io.BytesIO(payload))
+    b = build_datasets(f"hf:{tmp_path}", img_size=28, in_chans=1, cache=False)
+    order = torch.tensor([int(k) for k in _keys(tmp_path)])
+    assert torch.equal(b.train.load(torch.arange(32)), fmnist["train_x"][order])
+    assert torch.equal(b.train_y, fmnist["train_y"][order]) and len(b.test) == 16
+
+
+def _keys(folder: Path) -> list[str]:
+    import datasets
+
+    return datasets.load_dataset(str(folder))["train"]["__key__"]
+
+
 def test_hf_dataset_errors_name_the_field(hf_fmnist, tmp_path):
     with pytest.raises(DataError) as info:
         build_datasets(f"hf:{hf_fmnist['saved']}", img_size=28, in_chans=1, image_column="picture")

@@ -1,6 +1,7 @@
 """Hugging Face ``datasets`` as a data source (``data.name: hf:NAME``): a hub dataset through the local cache, a folder
-written by ``Dataset.save_to_disk``, or a local folder ``load_dataset`` understands (Parquet / Arrow / CSV files, or
-an image folder through its ``imagefolder`` builder).
+written by ``Dataset.save_to_disk``, or a local folder ``load_dataset`` understands (Parquet / Arrow / CSV files,
+WebDataset tar shards ``train-00000.tar`` holding ``KEY.jpg`` + ``KEY.cls``, or an image folder through its
+``imagefolder`` builder; such folders are converted once into Arrow files in the datasets cache).
 
 The library is used for what it does well and no further: it resolves and caches the dataset, and keeps it as
 memory-mapped Arrow files, so a dataset far larger than memory costs only the pages a batch touches. The splits become
@@ -63,7 +64,8 @@ def _pick_columns(features, spec: str, image_column: str | None, label_column: s
         )
 
     image = image_column or first(datasets.Image, ("image", "img"))
-    label = label_column or first(datasets.ClassLabel, ("label", "labels"))
+    # "cls" is the WebDataset convention for a tar shard's class file (000123.cls beside 000123.jpg)
+    label = label_column or first(datasets.ClassLabel, ("label", "labels", "cls"))
     for field, column in (("data.image_column", image), ("data.label_column", label)):
         if column is None or column not in features:
             raise DataError(
@@ -91,7 +93,8 @@ def open_hf_dataset(
         img_size: Output side (short side resized, center-cropped).
         in_chans: 1 (grey) or 3 (RGB).
         image_column: The column of images (default: the first ``Image`` feature, else ``image`` / ``img``).
-        label_column: The column of labels (default: the first ``ClassLabel`` feature, else ``label`` / ``labels``).
+        label_column: The column of labels (default: the first ``ClassLabel`` feature, else ``label`` / ``labels`` /
+            ``cls``).
 
     Returns:
         ``{"train", "test"}`` sources, ``"classes"`` (the ``ClassLabel`` names, else ``"0"``, ``"1"``, ...) and
