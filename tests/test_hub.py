@@ -379,3 +379,28 @@ def test_export_evaluates_per_class_and_agrees_with_the_run(exported, run_dir):
     card = (exported / "README.md").read_text()
     assert "Evaluated again at export" in card and "| T-shirt/top |" in card
     assert (exported / "confusion_matrix.png").is_file() and "confusion_matrix.png" in card
+
+
+def test_fine_tunes_of_published_models_name_their_hub_repo_as_base_model():
+    from zoo.models.pretrained import published_repo_of
+
+    repo = "growzoo/zoo_vit_micro_p7.fmnist"
+    for source in ("zoo_vit_micro_p7.fmnist", "local-dir:model_cards/zoo_vit_micro_p7.fmnist",
+                   "local-dir:/any/checkout/model_cards/zoo_vit_micro_p7.fmnist", f"hf-hub:{repo}@main"):  # fmt: skip
+        assert published_repo_of(source) == repo, source
+    for source in (None, "local-dir:runs/mine/model", "weights.safetensors", "zoo_vit_micro_p7"):
+        assert published_repo_of(source) is None, source
+
+
+def test_card_names_the_split_and_dataset_it_measured(tmp_path):
+    from zoo.publish.card import _split_name, dataset_info
+
+    val = {"name": "fashion-mnist", "val_split": 5000}
+    info = dataset_info({"data": val}, {"test_images": 5000})
+    assert (info["n_train"], info["n_test"]) == (55000, 5000)
+    assert _split_name({"eval_split": "val"}, 5000) == "validation (5000 images)"
+    assert _split_name({"eval_split": "test"}, None) == "test"
+    hub = dataset_info({"data": {"name": "hf:org/flowers"}})
+    assert hub["hub_id"] == "org/flowers" and "org/flowers" in hub["pretty"]
+    local = dataset_info({"data": {"name": f"hf:{tmp_path}"}})
+    assert local["hub_id"] is None and tmp_path.name in local["pretty"]

@@ -66,3 +66,14 @@ def published_name(source: str) -> str | None:
         return None
     path = Path(source[len(LOCAL_DIR) :]).resolve()
     return path.name if path.parent == MODEL_CARDS and path.name in PUBLISHED else None
+
+
+def published_repo_of(source: str | None) -> str | None:
+    """The hub repo of a published zoo model that ``source`` names (its tag, ``hf-hub:`` id, or its bundled
+    ``local-dir:.../model_cards/TAG`` folder), else None: a fine-tune of it states that repo as its ``base_model``."""
+    if not source:
+        return None
+    if source.startswith("hf-hub:"):
+        return source[len("hf-hub:") :].partition("@")[0]
+    name = Path(source[len(LOCAL_DIR) :]).name if source.startswith(LOCAL_DIR) else source
+    return f"{HUB_ORG}/{name}" if name in PUBLISHED else None

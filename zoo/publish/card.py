@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -88,10 +88,18 @@ def dataset_info(recipe: dict, result: dict | None = None, class_names: list[str
         n_train = min(d["train_subset"], full_train) if d.get("train_subset") else full_train
         n_test = min(d["test_subset"], full_test) if d.get("test_subset") else full_test
         hub_id, pretty = FMNIST_HUB_ID, "Fashion-MNIST"
-    else:
-        hub_id, pretty = None, f"image folder `{PurePosixPath(d['name'].partition(':')[2]).name or d['name']}`"
+    elif d["name"].startswith("hf:") and "/" in d["name"] and not Path(d["name"][3:]).expanduser().exists():
+        hub_id = d["name"][3:]  # a hub dataset id (ORG/NAME); a local folder is not one
+        pretty = f"Hugging Face dataset `{hub_id}`"
         n_train, n_test = d.get("train_subset"), d.get("test_subset")
-    n_test = (result or {}).get("eval_images", n_test)
+    else:
+        kind = "dataset" if d["name"].startswith("hf:") else "image folder"
+        hub_id, pretty = None, f"{kind} `{PurePosixPath(d['name'].partition(':')[2]).name or d['name']}`"
+        n_train, n_test = d.get("train_subset"), d.get("test_subset")
+    if d.get("val_split") and n_train is not None:
+        n_train -= d["val_split"]  # the held-out validation images were not trained on
+    # what the run evaluated on, as it recorded it (older runs recorded no count)
+    n_test = (result or {}).get("test_images", (result or {}).get("eval_images", n_test))
     if classes:
         names = f" ({', '.join(class_names)})" if class_names else ""
         cls = f"classes {_ranges(classes)}{names}"
@@ -253,6 +261,12 @@ def tags(inp: CardInputs) -> list[str]:
     return t
 
 
+def _split_name(result: dict, n_test) -> str:
+    """The split the accuracy was measured on: ``test``, or ``validation`` for a run tuned on a held-out split."""
+    split = "validation" if result.get("eval_split") == "val" else "test"
+    return split if n_test is None else f"{split} ({n_test} images)"
+
+
 def card_data(inp: CardInputs) -> ModelCardData:
     """YAML metadata: library, tags, dataset, metrics, base model, and the model-index with the measured accuracy."""
     ds = dataset_info(inp.recipe, inp.result, inp.class_names)
@@ -262,7 +276,7 @@ def card_data(inp: CardInputs) -> ModelCardData:
         task_name="Image Classification",
         dataset_type=ds["hub_id"] or "imagefolder",
         dataset_name=f"{ds['pretty'].strip('`')}, {ds['classes']}",
-        dataset_split="test" if ds["n_test"] is None else f"test ({ds['n_test']} images)",
+        dataset_split=_split_name(inp.result, ds["n_test"]),
         metric_type="accuracy",
         metric_name="Top-1 accuracy",
         metric_value=round(acc, 4),

@@ -23,6 +23,7 @@ from zoo.data.datasets import build_datasets
 from zoo.data.fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from zoo.hub import WEIGHTS_NAME, load_folder, read_metadata, save_model_folder, weights_hash
 from zoo.measure.profile import profile_model
+from zoo.models.pretrained import published_repo_of
 from zoo.publish.card import PLACEHOLDER_REPO, PLOT_NAME, CardInputs, render_card, structure_events, training_series
 from zoo.publish.per_class import CONFUSION_PLOT, PER_CLASS_FILE, evaluate_per_class, plot_confusion
 from zoo.training.recipe import recipe_from_dict
@@ -104,9 +105,13 @@ def read_run(run_dir: str | Path) -> Run:
     return Run(run_dir, text, recipe, result, manifest, records, model, meta)
 
 
-def data_meta(recipe) -> dict:
-    """Class names and normalisation the run trained with (``label_names`` / ``pretrained_cfg`` mean, std)."""
-
+def data_meta(recipe, model=None) -> dict:
+    """Class names and normalisation the run trained with (``label_names`` / ``pretrained_cfg`` mean, std): as the
+    trainer stored them in the run's model folder, else (runs from before it did) derived from the recipe's data."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if cfg.get("label_names") and cfg.get("mean") and cfg.get("std"):
+        return {"label_names": list(cfg["label_names"]),
+                "pretrained_cfg": {"mean": list(cfg["mean"]), "std": list(cfg["std"])}}  # fmt: skip
     d = recipe.data
     if d.name == "fashion-mnist":
         names, mean, std = list(FASHION_MNIST_CLASSES), FASHION_MNIST_MEAN, FASHION_MNIST_STD
@@ -119,8 +124,8 @@ def data_meta(recipe) -> dict:
                 classes=d.classes,
                 train_subset=1,
                 test_subset=1,
-                img_size=d.img_size,
-                in_chans=d.in_chans,
+                img_size=d.img_size or getattr(model, "model_args", {}).get("img_size"),
+                in_chans=d.in_chans or getattr(model, "model_args", {}).get("in_chans"),
             )
         except (ValueError, OSError):
             return {}
@@ -246,8 +251,8 @@ def export_run(
     run = read_run(run_dir)
     _check_out_dir(out, run_dir, force)
     pretrained = run.recipe.model.pretrained
-    if base_model is None and pretrained and pretrained.startswith("hf-hub:"):
-        base_model = pretrained[len("hf-hub:") :].partition("@")[0]
+    if base_model is None:  # a hub id, or a published zoo model (its tag or bundled folder): its repo
+        base_model = published_repo_of(pretrained)
     name = repo_id.split("/", 1)[1] if repo_id else run_dir.resolve().name
     src_hash = run.weights_meta.get("weights_sha256") or weights_hash(run.model)
     if weights_hash(run.model) != src_hash:
@@ -257,7 +262,7 @@ def export_run(
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        extra = data_meta(run.recipe)
+        extra = data_meta(run.recipe, run.model)
         meta = {"recipe_hash": run.weights_meta.get("recipe_hash") or run.manifest["recipe_hash"]}
         save_model_folder(run.model, tmp, metadata=meta, config_extra=extra)
         exported = load_folder(tmp)  # round trip: the folder loads, and holds exactly the evaluated weights
