@@ -23,8 +23,8 @@ class GridStem(nn.Module):
     """What the convolutional stems share: ``PatchEmbed``'s grid bookkeeping, and ``proj`` (the last conv, to the
     embedding width) applied to the subclass's ``features``, flattened to tokens."""
 
-    patch_size: tuple[int, int]
-    proj: nn.Conv2d
+    # Subclasses set ``patch_size`` (a 2-tuple) and ``proj`` (the last conv) in __init__. No class-level annotations:
+    # TorchScript would read them as attribute types and cannot resolve ``nn.Conv2d`` from a postponed annotation.
 
     def set_input_size(self, img_size: int) -> None:
         self.img_size = to_2tuple(img_size)
