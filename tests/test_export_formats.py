@@ -48,3 +48,21 @@ def test_fx_feature_extraction_of_the_dense_vit():
         out = extractor(x)
         assert torch.allclose(out["logits"], model(x), atol=1e-5)
         assert out["tokens"].shape == (3, model.patch_embed.num_patches + 1, model.embed_dim)
+
+
+def test_patch_dropout_drops_patch_tokens_in_training_only_and_survives_a_folder(tmp_path):
+    from zoo.hub import load_model, save_model_folder
+
+    torch.manual_seed(0)
+    model = timm.create_model("zoo_vit_micro_conv_p4", patch_drop_rate=0.5)
+    x = torch.randn(4, 1, 28, 28)
+    model.train()
+    assert model.stem(x).shape == (4, 1 + 24, model.embed_dim)  # the class token and int(49 x 0.5) patch tokens
+    model.eval()
+    dense = timm.create_model("zoo_vit_micro_conv_p4")
+    dense.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(model(x), dense.eval()(x)), "identity at inference"
+    save_model_folder(model, tmp_path / "m")
+    loaded = load_model(f"local-dir:{tmp_path / 'm'}")
+    assert loaded.model_args["patch_drop_rate"] == 0.5

@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 import torch
-from timm.layers import build_sincos2d_pos_embed, resample_abs_pos_embed, to_2tuple, trunc_normal_
+from timm.layers import PatchDropout, build_sincos2d_pos_embed, resample_abs_pos_embed, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -104,6 +104,7 @@ class ZooViT(nn.Module):
         proj_drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        patch_drop_rate: float = 0.0,
         routing: dict | None = None,
         attn_type: str = "dense",
         attn_args: dict | None = None,
@@ -142,6 +143,7 @@ class ZooViT(nn.Module):
             proj_drop_rate=proj_drop_rate,
             attn_drop_rate=attn_drop_rate,
             drop_path_rate=drop_path_rate,
+            patch_drop_rate=patch_drop_rate,
             routing=routing,
             attn_type=attn_type,
             attn_args=attn_args,
@@ -165,6 +167,13 @@ class ZooViT(nn.Module):
         self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + self.num_prefix_tokens, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
+        # random token dropping during training (timm's PatchDropout: prefix tokens kept, a fixed share of patch
+        # tokens dropped per image; identity in eval mode)
+        self.patch_drop = (
+            PatchDropout(patch_drop_rate, num_prefix_tokens=self.num_prefix_tokens)
+            if patch_drop_rate > 0
+            else nn.Identity()
+        )
         self.blocks = nn.Sequential(*[self.make_block(i, c) for i, c in enumerate(resolve_route_plan(depth, routing))])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head_drop = nn.Dropout(drop_rate)
@@ -273,7 +282,7 @@ class ZooViT(nn.Module):
         return self.pos_drop(add_prefix_tokens(x, self.cls_token, self.reg_token) + self.pos_embed)
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self._pos_embed(self.patch_embed(x))
+        return self.patch_drop(self._pos_embed(self.patch_embed(x)))
 
     def _run_block(self, i: int, blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled() and i % self.checkpoint_every == 0:
