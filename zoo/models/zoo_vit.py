@@ -22,6 +22,7 @@ from zoo.models.pretrained import published_cfg
 from zoo.nn.activation_checkpointing import checkpoint_context_fn
 from zoo.nn.attention import check_routing, resolve_attn_args
 from zoo.nn.block import Block
+from zoo.nn.merging import MergingBlock, TokenSizes, resolve_merge_plan
 from zoo.nn.routing import RoutedBlock, resolve_route_plan
 from zoo.nn.stems import default_stem_width, make_stem
 
@@ -51,9 +52,18 @@ def add_prefix_tokens(x: torch.Tensor, cls_token: torch.Tensor | None, reg_token
     return torch.cat(prefix + [x], dim=1) if prefix else x
 
 
-def pool_tokens(x: torch.Tensor, global_pool: str, num_prefix_tokens: int) -> torch.Tensor:
-    """(B, N, C) -> (B, C): the class token, or the mean of the patch tokens (prefix tokens excluded)."""
-    return x[:, num_prefix_tokens:].mean(dim=1) if global_pool == "avg" else x[:, 0]
+def pool_tokens(
+    x: torch.Tensor, global_pool: str, num_prefix_tokens: int, size: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The class token, or the mean of the patch tokens; merged tokens (``size``: patches per token, ToMe) weigh as
+    the patches they stand for."""
+    if global_pool != "avg":
+        return x[:, 0]
+    patches = x[:, num_prefix_tokens:]
+    if size is None:
+        return patches.mean(dim=1)
+    size = size[:, num_prefix_tokens:]
+    return (patches * size).sum(dim=1) / size.sum(dim=1)
 
 
 def drop_path_rates(drop_path_rate: float, depth: int) -> list[float]:
@@ -67,6 +77,18 @@ def check_attention_routing(attn_type: str, depth: int, routing: dict | None) ->
     check_routing(attn_type, routed, (routing or {}).get("context", "selected"))
 
 
+def check_merging(attn_type: str, depth: int, routing: dict | None, merging: dict | None) -> None:
+    """Raise ValueError for a merging spec this model cannot run: a bad spec, routing beside it (both decide which
+    tokens a block sees), or an attention variant other than dense (merged tokens leave the patch grid)."""
+    resolve_merge_plan(depth, merging)  # validates the spec
+    if not merging:
+        return
+    if any(c is not None for c in resolve_route_plan(depth, routing)):
+        raise ValueError("merging and routing cannot be combined: set one of them")
+    if attn_type != "dense":
+        raise ValueError(f"merging needs dense attention (merged tokens leave the patch grid), got {attn_type!r}")
+
+
 class ZooViT(nn.Module):
     """Vision Transformer with timm's interface and the zoo's efficiency hooks.
 
@@ -75,6 +97,8 @@ class ZooViT(nn.Module):
       - ``no_grad_prefix``: number of leading blocks (after the stem) that run without building an autograd graph,
         set by ``zoo.training.freezing`` when they are frozen; -1 means the stem also builds a graph.
       - ``set_grad_checkpointing(enable, every=k, policy=...)``: activation checkpointing per block.
+      - ``merging``: token merging (ToMe) per block, training-free (``set_merging``; see ``zoo.nn.merging``).
+      - ``patch_drop_rate``: random patch-token dropping in training (timm's ``PatchDropout``).
 
     ``attn_type`` ("dense", "window", "spatial_reduction", "lowrank", "shared_qk") and ``attn_args`` (its options,
     e.g. ``{"window_size": 4}``) select every block's attention; see ``zoo.nn.attention``.
@@ -106,6 +130,7 @@ class ZooViT(nn.Module):
         drop_path_rate: float = 0.0,
         patch_drop_rate: float = 0.0,
         routing: dict | None = None,
+        merging: dict | None = None,
         attn_type: str = "dense",
         attn_args: dict | None = None,
         stem: str = "patch",
@@ -124,6 +149,7 @@ class ZooViT(nn.Module):
         # defaults filled in, so a saved config.json does not depend on the option defaults of this version
         attn_args = resolve_attn_args(attn_type, attn_args) or None
         check_attention_routing(attn_type, depth, routing)
+        check_merging(attn_type, depth, routing, merging)
         self.model_args: dict[str, Any] = dict(
             img_size=img_size,
             patch_size=patch_size,
@@ -145,6 +171,7 @@ class ZooViT(nn.Module):
             drop_path_rate=drop_path_rate,
             patch_drop_rate=patch_drop_rate,
             routing=routing,
+            merging=merging,
             attn_type=attn_type,
             attn_args=attn_args,
             stem=stem,
@@ -167,6 +194,7 @@ class ZooViT(nn.Module):
         self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + self.num_prefix_tokens, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
+        self.token_sizes = TokenSizes()  # patches per token, shared by the merging blocks (zoo.nn.merging)
         # random token dropping during training (timm's PatchDropout: prefix tokens kept, a fixed share of patch
         # tokens dropped per image; identity in eval mode)
         self.patch_drop = (
@@ -174,7 +202,8 @@ class ZooViT(nn.Module):
             if patch_drop_rate > 0
             else nn.Identity()
         )
-        self.blocks = nn.Sequential(*[self.make_block(i, c) for i, c in enumerate(resolve_route_plan(depth, routing))])
+        routes = resolve_route_plan(depth, routing)
+        self.blocks = nn.Sequential(*[self.make_block(i, c) for i, c in enumerate(routes)])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
@@ -202,6 +231,9 @@ class ZooViT(nn.Module):
             attn_args=a.get("attn_args"),
             grid_size=tuple(self.patch_embed.grid_size),
         )
+        if a.get("merging"):
+            r = resolve_merge_plan(a["depth"], a["merging"])[index] if index < a["depth"] else 0
+            return MergingBlock(**kw, r=r, sizes=self.token_sizes, num_prefix_tokens=self.num_prefix_tokens)
         if capacity is None:
             return Block(**kw, num_prefix_tokens=self.num_prefix_tokens)
         r = a["routing"] or {}
@@ -282,6 +314,7 @@ class ZooViT(nn.Module):
         return self.pos_drop(add_prefix_tokens(x, self.cls_token, self.reg_token) + self.pos_embed)
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
+        self.token_sizes.reset()  # every token is one patch until a merging block merges
         return self.patch_drop(self._pos_embed(self.patch_embed(x)))
 
     def _run_block(self, i: int, blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -293,7 +326,7 @@ class ZooViT(nn.Module):
         return self.norm(run_blocks(self, x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(pool_tokens(x, self.global_pool, self.num_prefix_tokens))
+        x = self.head_drop(pool_tokens(x, self.global_pool, self.num_prefix_tokens, self.token_sizes.size))
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -351,6 +384,18 @@ class ZooViT(nn.Module):
             missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
             if any(".router." not in f".{k}" for k in (*missing, *unexpected)):
                 raise RuntimeError(f"block {i}: cannot carry weights over: missing {missing}, unexpected {unexpected}")
+            self.blocks[i] = new.to(device=old.norm1.weight.device, dtype=old.norm1.weight.dtype)
+            self.blocks[i].train(old.training)
+
+    def set_merging(self, merging: dict | None) -> None:
+        """Token merging (ToMe) per ``merging`` (``{"r": tokens per block, "layers": "all" | [indices]}``, see
+        ``zoo.nn.merging``), keeping weights: training-free, and exact at ``r = 0``. ``None`` makes blocks dense."""
+        check_merging(self.model_args.get("attn_type", "dense"), len(self.blocks), self.model_args["routing"], merging)
+        self.model_args["merging"] = merging
+        for i in range(len(self.blocks)):
+            old = self.blocks[i]
+            new = self.make_block(i, None)
+            new.load_state_dict(old.state_dict())
             self.blocks[i] = new.to(device=old.norm1.weight.device, dtype=old.norm1.weight.dtype)
             self.blocks[i].train(old.training)
 

@@ -1,0 +1,67 @@
+"""Token merging (ToMe) as a zoo block option: exact at r = 0, merges r tokens per block, size-weighted pooling,
+training-free conversion of a trained model, and the option survives a hub folder."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from zoo.hub import load_model, save_model_folder
+from zoo.nn.merging import bipartite_soft_matching, merge_weighted, resolve_merge_plan
+
+
+def _model(**kwargs):
+    torch.manual_seed(0)
+    return timm.create_model("zoo_vit_micro_conv_p4", **kwargs).eval()
+
+
+def test_conversion_is_exact_at_r_zero():
+    dense, x = _model(), torch.randn(4, 1, 28, 28)
+    merged = _model()
+    merged.set_merging({"r": 0})
+    with torch.no_grad():
+        assert torch.equal(merged(x), dense(x))
+
+
+def test_merging_r_tokens_per_block_and_pooling_by_size():
+    model, x = _model(merging={"r": 8}), torch.randn(2, 1, 28, 28)
+    tokens = model.stem(x)
+    for blk in model.blocks:
+        before = tokens.shape[1]
+        tokens = blk(tokens)
+        assert tokens.shape[1] == before - 8
+    size = model.token_sizes.size
+    assert size.shape == (2, 1 + 49 - 4 * 8, 1)
+    assert torch.equal(size[:, 0], torch.ones(2, 1)), "the class token is never merged"
+    assert torch.allclose(size[:, 1:].sum(1), torch.full((2, 1), 49.0)), "every patch is in exactly one token"
+
+
+def test_merge_weighted_is_a_size_weighted_average():
+    x = torch.tensor([[[1.0], [10.0], [3.0], [11.0]]])  # A (even) = tokens 0, 2; B (odd) = tokens 1, 3
+    metric = torch.tensor([[[1.0, 0.0], [1.0, 0.05], [0.5, 1.0], [0.0, 1.0]]])  # 0 ~ 1 is the closest pair
+    merge = bipartite_soft_matching(metric, r=1)
+    out, size = merge_weighted(merge, x, torch.tensor([[[1.0], [1.0], [1.0], [3.0]]]))
+    # kept A token 2 first, then B: token 1 with token 0 merged in ((1 + 10) / 2, size 2), token 3 unchanged
+    assert torch.equal(out.flatten(), torch.tensor([3.0, 5.5, 11.0]))
+    assert torch.equal(size.flatten(), torch.tensor([1.0, 2.0, 3.0]))
+
+
+def test_merging_options_survive_a_folder_and_are_checked(tmp_path):
+    model = _model(merging={"r": [4, 4, 0, 0]})
+    save_model_folder(model, tmp_path / "m")
+    loaded = load_model(f"local-dir:{tmp_path / 'm'}").eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert resolve_merge_plan(4, {"r": 2, "layers": [1, 3]}) == [0, 2, 0, 2]
+    with pytest.raises(ValueError, match="unknown key"):
+        resolve_merge_plan(4, {"ratio": 2})
+    with pytest.raises(ValueError, match="cannot be combined"):
+        _model(merging={"r": 2}, routing={"capacity": 0.5})
+
+
+def test_torch_export_of_a_merging_model():
+    model, x = _model(merging={"r": 6}), torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(torch.export.export(model, (x,)).module()(x), model(x), atol=1e-5)
