@@ -94,7 +94,8 @@ def register(sub) -> None:
         "--base-model",
         default=None,
         metavar="ORG/NAME",
-        help="hub id of the model this run fine-tuned (default: from recipe model.pretrained if hf-hub:)",
+        help="hub id of the model this run fine-tuned (default: from recipe model.pretrained when it is an hf-hub: "
+        "id or a published zoo model, by tag or bundled folder)",
     )
     s.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
     s.add_argument("--profile-batch", type=int, default=None, help="profiling batch (default 32 up to 64 px, else 8)")
