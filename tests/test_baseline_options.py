@@ -84,7 +84,12 @@ def test_existing_recipe_hashes_survive_the_added_fields():
     base = recipe_from_dict({})
     for dotted, (_, neutral) in ADDED_FIELDS.items():
         section, key = dotted.split(".")
-        other = {"data.val_split": 5000, "schedule.decay": "linear", "schedule.hold": 0.5, "train.ema_warmup": True}
+        other = {
+            "data.val_split": 5000, "schedule.decay": "linear", "schedule.hold": 0.5, "train.ema_warmup": True,
+            "data.cache": False, "data.cache_max_mb": 64.0, "data.image_column": "img", "data.label_column": "y",
+            "data.auto_augment": "rand-m9-mstd0.5", "data.reprob": 0.25, "data.remode": "const",
+            "data.mixup": 0.8, "data.cutmix": 1.0, "data.mix_prob": 0.5, "data.mix_switch_prob": 0.3,
+        }  # fmt: skip
         changed = recipe_from_dict({section: {key: other[dotted]}})
         assert recipe_hash(changed.identity()) != recipe_hash(base.identity()), dotted
         assert recipe_hash(recipe_from_dict({section: {key: neutral}}).identity()) == recipe_hash(base.identity())
