@@ -24,6 +24,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from safetensors.torch import load_model as load_safetensors_model
 from safetensors.torch import save_model as save_safetensors_model
+from timm.loss import SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
@@ -50,6 +51,9 @@ from zoo.training.stage_plan import (
     set_step_values,
 )
 from zoo.utils.manifest import collect_manifest, cpu_capability, recipe_hash, write_json_atomic
+
+# Mixup / CutMix targets are distributions: timm's loss for them (the one its train script pairs with Mixup)
+SOFT_TARGET_LOSS = SoftTargetCrossEntropy()
 
 # pretrained_cfg keys that locate the weights a model was loaded from, not the weights a run trains
 PARENT_WEIGHT_KEYS = ("tag", "hf_hub_id", "hf_hub_filename", "url", "file", "source")
@@ -314,7 +318,7 @@ class Trainer:
             with sync:
                 logits = model(x)
                 if self.batch_augment.soft_targets:  # the targets already carry the label smoothing
-                    loss = torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+                    loss = SOFT_TARGET_LOSS(logits.float(), target)
                 else:
                     loss = F.cross_entropy(logits.float(), target, label_smoothing=recipe.train.label_smoothing)
                 acc.backward(loss / n)
