@@ -79,10 +79,18 @@ def test_existing_recipe_hashes_survive_the_added_fields():
         r = load_recipe(path)
         ident = r.identity()
         for dotted in ADDED_FIELDS:
+            if "." not in dotted:  # an added section
+                assert dotted not in ident, (path.name, dotted)
+                continue
             section, key = dotted.split(".")
             assert key not in (ident.get(section) or {}), (path.name, dotted)
     base = recipe_from_dict({})
     for dotted, (_, neutral) in ADDED_FIELDS.items():
+        if "." not in dotted:  # an added section: present (any settings) vs absent
+            changed = recipe_from_dict({"model": {"pretrained": "some-folder"}, dotted: {}})
+            unset = recipe_from_dict({"model": {"pretrained": "some-folder"}})
+            assert recipe_hash(changed.identity()) != recipe_hash(unset.identity()), dotted
+            continue
         section, key = dotted.split(".")
         other = {
             "data.val_split": 5000, "schedule.decay": "linear", "schedule.hold": 0.5, "train.ema_warmup": True,

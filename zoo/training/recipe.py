@@ -23,8 +23,9 @@ from zoo.utils.strict_yaml import StrictYAMLError, load_strict_yaml
 # The recipe schema's version, recorded in every run's manifest. Fields added after version 1, with the version that
 # added them and their neutral value: the value that reproduces the behaviour from before the field existed. A field's
 # neutral value never changes once released (it is part of the identity of every run recorded before it).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 ADDED_FIELDS: dict[str, tuple[int, Any]] = {
+    "distill": (4, None),  # a whole section: its neutral value is its absence
     "data.val_split": (2, None),
     "data.cache": (3, "auto"),
     "data.cache_max_mb": (3, 1024.0),
@@ -194,6 +195,20 @@ class UnfreezeConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation from a fixed teacher: loss = (1 - weight) * task loss + weight * distillation loss."""
+
+    # a model source (local-dir:, hf-hub:, a published tag, a folder), or `pretrained`: the model this run starts from
+    # (model.pretrained), the usual teacher of a conversion fine-tune
+    teacher: str = "pretrained"
+    weight: float = 0.5
+    # soft: KL(teacher || student) of the temperature-softened distributions, times T^2 (Hinton et al.);
+    # hard: cross-entropy on the teacher's top class (DeiT's hard distillation)
+    kind: str = "soft"
+    temperature: float = 1.0
+
+
+@dataclass
 class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -203,6 +218,7 @@ class Recipe:
     routing: RoutingConfig | None = None
     growth: GrowthConfig | None = None
     unfreeze: UnfreezeConfig | None = None
+    distill: DistillConfig | None = None
 
     def to_dict(self) -> dict:
         """Plain data, every field (what ``recipe.yaml`` holds); a stage's unset ``at`` / ``step`` is left out, so
@@ -222,6 +238,10 @@ class Recipe:
         (and every field of the first schema is always covered, defaults included)."""
         data = self.to_dict()
         for dotted, (_, neutral) in ADDED_FIELDS.items():
+            if "." not in dotted:  # an added section
+                if data.get(dotted) == neutral:
+                    del data[dotted]
+                continue
             section, key = dotted.split(".")
             values = data.get(section)
             if isinstance(values, dict) and key in values and values[key] == neutral:
@@ -365,6 +385,8 @@ def validate(recipe: Recipe, source: str) -> Recipe:
         _check_growth(recipe.growth, recipe.schedule.steps, err)
     if recipe.unfreeze is not None:
         _check_unfreeze(recipe.unfreeze, recipe.schedule.steps, err)
+    if recipe.distill is not None:
+        _check_distill(recipe.distill, recipe.model, err)
     return recipe
 
 
@@ -565,6 +587,17 @@ def _check_unfreeze(u: UnfreezeConfig, total: int | None, err) -> None:
     if u.start_groups < 1:
         raise err("unfreeze.start_groups", f"must be >= 1, got {u.start_groups}")
     _check_stage_starts("unfreeze", u.stages, 0, total, err)
+
+
+def _check_distill(d: DistillConfig, m: ModelConfig, err) -> None:
+    if not 0 < d.weight <= 1:
+        raise err("distill.weight", f"must be in (0, 1] (the distillation share of the loss), got {d.weight}")
+    if d.temperature <= 0:
+        raise err("distill.temperature", f"must be > 0, got {d.temperature}")
+    if d.kind not in ("soft", "hard"):
+        raise err("distill.kind", f"must be 'soft' or 'hard', got {d.kind!r}")
+    if d.teacher == "pretrained" and m.pretrained is None:
+        raise err("distill.teacher", "'pretrained' names model.pretrained, which is not set: give a model source")
 
 
 def recipe_from_dict(data: dict, source: str = "<recipe>") -> Recipe:

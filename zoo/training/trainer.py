@@ -35,6 +35,7 @@ from zoo.hub import save_model_folder, weights_hash
 from zoo.measure.machine import gemm_peaks_gflops
 from zoo.training import run_checkpoints as ckpt
 from zoo.training.budget import budget_boundaries
+from zoo.training.distillation import Distiller, load_teacher
 from zoo.training.evaluation import evaluate, fit_resolution
 from zoo.training.freezing import set_group_lrs
 from zoo.training.interrupt import StoppedBySignal, stop_on_signals
@@ -225,6 +226,10 @@ class Trainer:
         apply_structure(model, self.plan, self.start_step)
         t = recipe.train
         self.ema = ModelEmaV3(model, decay=t.ema, use_warmup=t.ema_warmup) if t.ema else None
+        self.distiller = None
+        if recipe.distill is not None:  # a fixed teacher: nothing of it is trained or checkpointed
+            teacher = load_teacher(recipe, self.bundle.num_classes, acc.device)
+            self.distiller = Distiller(recipe.distill, teacher, self.bundle.mean, self.bundle.std, acc.device)
         optimizer = build_optimizer(model, recipe)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         if self.state is not None:
@@ -321,6 +326,8 @@ class Trainer:
                     loss = SOFT_TARGET_LOSS(logits.float(), target)
                 else:
                     loss = F.cross_entropy(logits.float(), target, label_smoothing=recipe.train.label_smoothing)
+                if self.distiller is not None:
+                    loss = self.distiller.mix(loss, logits, x)
                 acc.backward(loss / n)
             loss_sum += loss.detach().float() / n
             self.seen += x.shape[0] * acc.num_processes
