@@ -3,12 +3,21 @@ training-free conversion of a trained model, and the option survives a hub folde
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 import timm
 import torch
+from conftest import tiny_recipe
+from test_train import assert_bitwise_equal, weights
 
 from zoo.hub import load_model, save_model_folder
 from zoo.nn.merging import bipartite_soft_matching, merge_weighted, resolve_merge_plan
+from zoo.training.recipe import recipe_from_dict
+from zoo.training.stage_plan import build_model
+from zoo.training.trainer import train
 
 
 def _model(**kwargs):
@@ -65,3 +74,26 @@ def test_torch_export_of_a_merging_model():
     model, x = _model(merging={"r": 6}), torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         assert torch.allclose(torch.export.export(model, (x,)).module()(x), model(x), atol=1e-5)
+
+
+def test_recipe_merging_section_converts_a_pretrained_model_and_trains_resumably(tmp_path, fmnist):
+    """``merging:`` in a recipe converts the pretrained model as it loads (exact at r = 0), builds merging blocks
+    from scratch, and a merging run resumes bitwise exact; the exported folder keeps the merging."""
+    teacher = str(Path(__file__).resolve().parents[1] / "model_cards" / "zoo_vit_micro_p7.fmnist")
+    x = torch.randn(4, 1, 28, 28)
+    dense = load_model(teacher).eval()
+    fmnist_shape = SimpleNamespace(num_classes=10, in_chans=1, img_size=28)
+    for r, same in ((0, True), (3, False)):
+        model_section = {"name": "zoo_vit_micro_p7", "pretrained": teacher, "args": {}}
+        recipe = recipe_from_dict(tiny_recipe(model=model_section, merging={"r": r}))
+        model = build_model(recipe, fmnist_shape).eval()
+        assert model.model_args["merging"] == {"r": r, "layers": "all"}
+        with torch.no_grad():
+            assert torch.equal(model(x), dense(x)) is same
+    recipe = recipe_from_dict(tiny_recipe(merging={"r": [2, 4], "layers": "all"}))
+    train(recipe, tmp_path / "full", progress=False)
+    train(recipe, tmp_path / "part", progress=False, stop_after=3)
+    train(recipe, tmp_path / "part", resume=True, progress=False)
+    assert_bitwise_equal(weights(tmp_path / "full"), weights(tmp_path / "part"))
+    saved = json.loads((tmp_path / "full" / "model" / "config.json").read_text())
+    assert saved["model_args"]["merging"] == {"r": [2, 4], "layers": "all"}

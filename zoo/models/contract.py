@@ -13,7 +13,8 @@ The contract (README "Contribute a model family"):
   ``forward`` must honour by running that prefix under ``torch.no_grad()``: without it a frozen prefix still builds
   its autograd graph and freezing saves nothing;
 - capabilities, declared as class attributes and checked before a recipe uses them: ``supports_routing``
-  (``set_routing(spec)``), ``supports_growth`` (``zoo.growth.operators`` apply).
+  (``set_routing(spec)``), ``supports_merging`` (``set_merging(spec)``), ``supports_growth`` (``zoo.growth.operators``
+  apply).
 """
 
 from __future__ import annotations
@@ -59,6 +60,6 @@ def check_zoo_model(model: nn.Module) -> None:
 
 
 def check_supports(model: nn.Module, feature: str, where: str) -> None:
-    """Raise ContractError unless the family declares ``supports_<feature>`` (``routing``, ``growth``)."""
+    """Raise ContractError unless the family declares ``supports_<feature>`` (``routing``, ``merging``, ``growth``)."""
     if not getattr(model, f"supports_{feature}", False):
         raise ContractError(model, f"{where} needs {feature}, which this family does not declare (supports_{feature})")

@@ -106,6 +106,7 @@ class ZooViT(nn.Module):
 
     supports_growth = True  # zoo.growth.operators operators apply (single residual width, plain block list)
     supports_routing = True  # set_routing converts blocks to RoutedBlock and back
+    supports_merging = True  # set_merging converts blocks to MergingBlock and back
 
     def __init__(
         self,

@@ -26,6 +26,7 @@ from zoo.utils.strict_yaml import StrictYAMLError, load_strict_yaml
 SCHEMA_VERSION = 4
 ADDED_FIELDS: dict[str, tuple[int, Any]] = {
     "distill": (4, None),  # a whole section: its neutral value is its absence
+    "merging": (4, None),
     "data.val_split": (2, None),
     "data.cache": (3, "auto"),
     "data.cache_max_mb": (3, 1024.0),
@@ -155,6 +156,15 @@ class RoutingConfig:
 
 
 @dataclass
+class MergingConfig:
+    """Token merging (ToMe, ``zoo.nn.merging``): ``r`` tokens merged per block (one number for the chosen ``layers``,
+    or one per block). Training-free, so it also converts a pretrained model as it loads."""
+
+    r: int | list[int] = 4
+    layers: str | list[int] = "all"
+
+
+@dataclass
 class GrowthStage:
     # where this stage starts: exactly one of `at` (fraction of training) or `step` (optimizer step)
     at: float | None = None
@@ -216,6 +226,7 @@ class Recipe:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     routing: RoutingConfig | None = None
+    merging: MergingConfig | None = None
     growth: GrowthConfig | None = None
     unfreeze: UnfreezeConfig | None = None
     distill: DistillConfig | None = None
@@ -381,6 +392,8 @@ def validate(recipe: Recipe, source: str) -> Recipe:
     _check_data(recipe.data, recipe.train, err)
     if recipe.routing is not None:
         _check_routing(recipe.routing, err)
+    if recipe.merging is not None:
+        _check_merging(recipe, err)
     if recipe.growth is not None:
         _check_growth(recipe.growth, recipe.schedule.steps, err)
     if recipe.unfreeze is not None:
@@ -511,6 +524,21 @@ def _check_routing(r: RoutingConfig, err) -> None:
         raise err("routing.layers", f"must be 'every_other', 'all' or a list of block indices, got {r.layers!r}")
     if not 0 <= r.anneal < 1:
         raise err("routing.anneal", f"must be a fraction in [0, 1), got {r.anneal}")
+
+
+def _check_merging(recipe: Recipe, err) -> None:
+    m = recipe.merging
+    rs = m.r if isinstance(m.r, list) else [m.r]
+    for i, v in enumerate(rs):
+        if v < 0:
+            where = f"merging.r[{i}]" if isinstance(m.r, list) else "merging.r"
+            raise err(where, f"must be >= 0 tokens per block, got {v}")
+    if isinstance(m.layers, str) and m.layers != "all":
+        raise err("merging.layers", f"must be 'all' or a list of block indices, got {m.layers!r}")
+    if recipe.routing is not None:  # both decide which tokens a block sees
+        raise err("merging", "cannot be combined with routing: set one of them")
+    if recipe.growth is not None and any(st.depth is not None for st in recipe.growth.stages):
+        raise err("merging", "cannot be combined with depth growth (the merge plan is per block of a fixed depth)")
 
 
 def _check_stage_starts(section: str, stages: list, first_step: int, total: int | None, err) -> None:

@@ -33,6 +33,17 @@ def routing_args(recipe: Recipe) -> dict | None:
     return {"capacity": r.capacity, "layers": r.layers, "router": r.router, "context": r.context}
 
 
+def merging_args(recipe: Recipe) -> dict | None:
+    m = recipe.merging
+    return None if m is None else {"r": m.r, "layers": m.layers}
+
+
+def token_reduction_args(recipe: Recipe) -> dict[str, dict]:
+    """The model args of the recipe's routing / merging sections that are set (the recipe allows one of them)."""
+    specs = {"routing": routing_args(recipe), "merging": merging_args(recipe)}
+    return {k: v for k, v in specs.items() if v is not None}
+
+
 def model_input_shape(recipe: Recipe) -> tuple[int | None, int | None]:
     """``(in_chans, img_size)`` the recipe's model takes, for data that is resized to fit it (image folders, Hugging
     Face datasets): the recipe's model args, else the pretrained model's, else the architecture's default input."""
@@ -73,10 +84,10 @@ def _build_model(recipe: Recipe, bundle) -> nn.Module:
     src = m.pretrained
     if src is None or src.endswith(".safetensors"):
         kwargs = {**data_args, **m.args}
-        if recipe.routing is not None:
-            with torch.device("meta"):  # the family's declared capabilities, before building it with routing
-                check_supports(timm.create_model(m.name), "routing", "the recipe's routing section")
-            kwargs["routing"] = routing_args(recipe)
+        for feature, spec in token_reduction_args(recipe).items():
+            with torch.device("meta"):  # the family's declared capabilities, before building it with the feature
+                check_supports(timm.create_model(m.name), feature, f"the recipe's {feature} section")
+            kwargs[feature] = spec
         try:
             model = timm.create_model(m.name, **kwargs)
         except (RuntimeError, TypeError, ValueError) as e:
@@ -89,9 +100,12 @@ def _build_model(recipe: Recipe, bundle) -> nn.Module:
     model = load_model(resolve_local_dir(src))  # a bundled model_cards/ folder also resolves from another cwd
     if m.reset_head and model.num_classes != bundle.num_classes:
         model.reset_classifier(bundle.num_classes)
-    if recipe.routing is not None:
-        check_supports(model, "routing", "the recipe's routing section")
-        model.set_routing(routing_args(recipe))
+    for feature, spec in token_reduction_args(recipe).items():  # the pretrained model converted as it loads
+        check_supports(model, feature, f"the recipe's {feature} section")
+        try:
+            getattr(model, f"set_{feature}")(spec)
+        except ValueError as e:
+            raise RecipeError("recipe", feature, str(e)) from None
     return model
 
 
