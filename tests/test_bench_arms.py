@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import timm
 import yaml
 
 from zoo.bench.arms import epochs_from, growth_events, mean_by_arm, mean_spikes, without_key
@@ -171,3 +172,31 @@ def test_growth_equal_time_suite_end_to_end_on_a_subset(tmp_path, fmnist):
     assert res["time_ratio"] == pytest.approx(wall[head] / wall["dense"])
     grown = load_folder(runs / head / "seed0" / "model")
     assert len(grown.blocks) == 6 and grown.blocks[0].mlp.fc1.out_features == 256
+
+
+def test_convert_speed_rows_compare_every_model_with_the_dense_one():
+    from zoo.bench.suites.convert import merged_copy, speed_rows
+
+    dense = timm.create_model("zoo_vit_micro_conv_p4", num_classes=10, stem_width=8).eval()
+    merged = merged_copy(dense, 8)
+    assert merged.model_args["merging"] == {"r": 8, "layers": "all"} and dense.model_args["merging"] is None
+    rows = speed_rows({"dense": dense, "merge_r8": merged}, {"dense": 0.9, "merge_r8": 0.885}, rounds=1)
+    by = {r["model"]: r for r in rows}
+    assert by["dense"]["speedup"] == 1.0 and by["dense"]["Δ pt"] == 0.0
+    assert by["merge_r8"]["Δ pt"] == pytest.approx(-1.5) and by["merge_r8"]["MFLOP"] < by["dense"]["MFLOP"]
+
+
+@pytest.mark.slow
+def test_convert_suite_end_to_end_on_a_subset(tmp_path, fmnist, monkeypatch):
+    from zoo.bench.suites import convert
+
+    monkeypatch.setattr(convert, "MERGE_SWEEP", (8,))
+    tiny = ["data.train_subset=256", "data.test_subset=256", "data.batch_size=64", "schedule.steps=2"]
+    res = convert.convert_suite(False, tmp_path, [0], overrides=tiny)
+    assert [r["model"] for r in res["training_free"]] == ["dense", "merge_r8"]
+    assert [r["model"] for r in res["rows"]] == ["dense", "merged_kd", "routed_kd", "dense_kd_control"]
+    control = yaml.safe_load((tmp_path / "runs" / "dense_kd_control" / "seed0" / "recipe.yaml").read_text())
+    assert control["merging"] is None and control["distill"]["teacher"] == "pretrained"
+    head = next(r for r in res["rows"] if r["model"] == "merged_kd")
+    assert res["infer_speedup"] == head["speedup"] and res["acc_delta"] == head["Δ pt"]
+    assert res["eval_split"] == "test" and 0 < res["dense_acc"] <= 1

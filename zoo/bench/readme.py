@@ -43,7 +43,7 @@ def bench_markdown(summary: dict) -> str:
     for k, v in rows:
         goal, met = _goal_cells(v, goals.get(k))
         lines.append(f"| {k} | {v:.3g} | {goal} | {met} |")
-    for key in ("configs", "rows", "attention"):  # per-configuration detail of suites that have it
+    for key in ("configs", "training_free", "rows", "attention"):  # per-configuration detail of suites that have it
         lines += _detail_table(summary.get(key))
     if summary.get("headline_arm"):
         lines += ["", f"headline numbers are those of arm `{summary['headline_arm']}`"]

@@ -27,6 +27,8 @@ GOALS: dict[str, dict[str, tuple[str, float]]] = {
         "acc_delta_equal_time": (">", 0.0),
     },
     "unfreeze": {"frozen_half_speedup": (">=", 1.5)},
+    # the headline conversion of the published dense baseline: inference at batch 256, accuracy vs the dense model
+    "convert": {"infer_speedup": (">=", 1.4), "acc_delta": (">=", -0.5)},
     "memory": {"ckpt_mem_ratio": (">=", 3.0), "ckpt_time_ratio": ("<=", 1.35), "rev_depth_mem_ratio": ("<=", 1.2)},
     "growth": {"speedup": (">=", 1.6), "acc_delta": (">=", -0.3), "acc_vs_control": (">", 0.0)},
 }
