@@ -79,3 +79,72 @@ def test_layer_decay_applies_through_the_lr_the_trainer_sets():
     lrs = {n: g["lr"] for g in opt.param_groups for n in g["names"]}
     assert lrs["head.weight"] == pytest.approx(0.01) and lrs["blocks.1.mlp.fc1.weight"] == pytest.approx(0.005)
     assert lrs["patch_embed.proj.weight"] == pytest.approx(0.01 * 0.5**3)
+
+
+# ------------------------------------------------------------------------------------------ FreezeOut (bottom-up)
+@pytest.mark.parametrize("total,groups,every", [(100, 6, 0.1), (37, 4, 0.2), (8, 4, 0.25), (10, 5, 0.3)])
+def test_freezeout_steps_match_the_stage_plan(total, groups, every):
+    from zoo.training.progress import freezeout_steps
+    from zoo.training.recipe import recipe_from_dict
+    from zoo.training.stage_plan import StagePlan
+
+    at = freezeout_steps(total, groups, every)
+    assert list(at) == sorted(at) and groups - 1 not in at, "bottom-up, and the top group never freezes"
+    assert all(s == pytest.approx((g + 1) * every * total, abs=1) and 0 < s < total for g, s in at.items())
+    plan = StagePlan.from_recipe(recipe_from_dict({"unfreeze": {"mode": "freezeout", "every": every}}), total)
+    for step in range(total):
+        assert plan.trainable_from(step, groups) == sum(1 for s in at.values() if step >= s)
+
+
+def test_freezeout_lr_factors_end_at_each_groups_freeze_step():
+    from zoo.training.progress import freezeout_lr_factors, lr_factor
+
+    at = {0: 20, 1: 40}
+    f0 = [freezeout_lr_factors(s, at, 5)[0] for s in range(20)]
+    assert f0[:5] == pytest.approx([lr_factor(s, 100, 5) for s in range(5)]), "the run's warm-up"
+    assert all(a >= b for a, b in zip(f0[5:], f0[6:])) and f0[-1] < 0.02, "decays to ~0 at its freeze step"
+    assert freezeout_lr_factors(20, at, 5).keys() == {1}, "a frozen group has no LR"
+    assert freezeout_lr_factors(10, at, 5)[1] > freezeout_lr_factors(10, at, 5)[0], "later groups decay later"
+    set_lrs = {"layer_group": 0, "lr_scale": 0.5}, {"layer_group": 3, "lr_scale": 1.0}
+
+    class Opt:
+        param_groups = [dict(g) for g in set_lrs]
+
+    set_group_lrs(Opt, 1e-3, {0: 2e-4})
+    assert [g["lr"] for g in Opt.param_groups] == pytest.approx([1e-4, 1e-3])
+
+
+def test_freezeout_anneal_needs_freezeout_mode():
+    from zoo.training.recipe import RecipeError, recipe_from_dict
+
+    with pytest.raises(RecipeError, match="unfreeze.anneal_lr"):
+        recipe_from_dict({"unfreeze": {"mode": "gradual", "anneal_lr": True}})
+    with pytest.raises(RecipeError, match="unfreeze.every"):
+        recipe_from_dict({"unfreeze": {"mode": "freezeout", "every": 1.5}})
+
+
+def test_freezeout_training_freezes_bottom_up_with_annealed_lr(tmp_path, fmnist):
+    """8 steps, 4 groups (stem, 2 blocks, head), every 0.25: the stem freezes at step 2, block 0 at step 4, block 1
+    at step 6. Weights stop changing at their freeze step, and the annealed run differs from the plain freezeout."""
+    from conftest import tiny_recipe
+    from safetensors.torch import load_file
+    from test_train import weights
+
+    from zoo.training.recipe import recipe_from_dict
+    from zoo.training.trainer import train
+
+    runs = {}
+    for anneal in (False, True):
+        sections = {"unfreeze": {"mode": "freezeout", "every": 0.25, "anneal_lr": anneal}}
+        recipe = recipe_from_dict(tiny_recipe(**sections, train={"seed": 0, "checkpoint_every": 2}))
+        train(recipe, tmp_path / f"a{anneal}", progress=False)
+        runs[anneal] = weights(tmp_path / f"a{anneal}")
+        # stopped right after its freeze step, the stem already holds its final weights
+        train(recipe, tmp_path / f"b{anneal}", progress=False, stop_after=2)
+        ckpt = sorted((tmp_path / f"b{anneal}" / "checkpoints").glob("step_*"))[-1]
+        mid = load_file(str(next(ckpt.glob("**/model.safetensors"))))
+        for name, value in runs[anneal].items():
+            if name.startswith("patch_embed."):
+                assert torch.equal(mid[name], value), name
+    differs = [n for n in runs[True] if not torch.equal(runs[True][n], runs[False][n])]
+    assert any(n.startswith("blocks.0.") for n in differs), "annealing changed what the lower groups learned"

@@ -92,8 +92,10 @@ def param_groups(
     return list(out.values())
 
 
-def set_group_lrs(optimizer, lr: float) -> None:
+def set_group_lrs(optimizer, lr: float, layer_lrs: dict[int, float] | None = None) -> None:
     """Set every group's LR to ``lr * lr_scale``: this is where layer decay and ``lr_mult`` take effect, every step,
-    whatever produced ``lr`` (no scheduler object that could ignore ``lr_scale``)."""
+    whatever produced ``lr`` (no scheduler object that could ignore ``lr_scale``). ``layer_lrs`` replaces ``lr`` for
+    the parameter groups of the layer groups it names (FreezeOut's per-layer schedules)."""
+    layer_lrs = layer_lrs or {}
     for g in optimizer.param_groups:
-        g["lr"] = lr * g.get("lr_scale", 1.0)
+        g["lr"] = layer_lrs.get(g.get("layer_group"), lr) * g.get("lr_scale", 1.0)

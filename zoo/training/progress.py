@@ -62,6 +62,28 @@ def gradual_unfreeze_from(progress: float, num_groups: int, start_groups: int, e
     return num_groups - trainable
 
 
+def freezeout_steps(total_steps: int, num_groups: int, every: float) -> dict[int, int]:
+    """FreezeOut's schedule: the step at which each layer group freezes, bottom-up, one group every ``every`` of
+    training (group g at ``(g + 1) * every``); the top group never freezes, nor does a group whose time falls at or
+    after the end. The first trainable group at step s is the number of groups frozen by then."""
+    out = {}
+    for g in range(num_groups - 1):
+        step = math.ceil((g + 1 - 1e-9) * every * total_steps)
+        if step >= total_steps:
+            break
+        out[g] = step
+    return out
+
+
+def freezeout_lr_factors(
+    step: int, freeze_at: dict[int, int], warmup_steps: int, decay: str = "cosine"
+) -> dict[int, float]:
+    """FreezeOut's per-group LR (Brock et al. 2017): each group that will freeze follows its own warm-up and decay
+    to zero, ending at the step it freezes, so it stops learning smoothly instead of at full LR; groups that never
+    freeze are absent (they follow the run's schedule)."""
+    return {g: lr_factor(step, s, min(warmup_steps, s), decay=decay) for g, s in freeze_at.items() if step < s}
+
+
 def stage_index(progress: float, boundaries: Sequence[float]) -> int:
     """Number of stage boundaries (fractions of training, increasing) reached at ``progress``."""
     return sum(1 for b in boundaries if progress >= b - 1e-12)

@@ -27,6 +27,7 @@ SCHEMA_VERSION = 4
 ADDED_FIELDS: dict[str, tuple[int, Any]] = {
     "distill": (4, None),  # a whole section: its neutral value is its absence
     "merging": (4, None),
+    "unfreeze.anneal_lr": (4, False),
     "data.val_split": (2, None),
     "data.cache": (3, "auto"),
     "data.cache_max_mb": (3, 1024.0),
@@ -201,6 +202,8 @@ class UnfreezeConfig:
     mode: str = "gradual"  # gradual | stages | freezeout
     every: float = 0.1  # gradual: one more group every this fraction of training
     start_groups: int = 1  # gradual: groups trainable at the start, from the top (1 = head + final norm)
+    # freezeout: each group's LR decays to zero (the schedule's decay shape) at the step it freezes (FreezeOut)
+    anneal_lr: bool = False
     stages: list[UnfreezeStage] = field(default_factory=list)
 
 
@@ -614,6 +617,11 @@ def _check_unfreeze(u: UnfreezeConfig, total: int | None, err) -> None:
         raise err("unfreeze.every", f"must be a fraction in (0, 1), got {u.every}")
     if u.start_groups < 1:
         raise err("unfreeze.start_groups", f"must be >= 1, got {u.start_groups}")
+    if u.anneal_lr and u.mode != "freezeout":
+        msg = f"anneals each group's LR to its freeze step: needs mode freezeout, not {u.mode}"
+        raise err("unfreeze.anneal_lr", msg)
+    if u.mode == "freezeout" and not 0 < u.every < 1:
+        raise err("unfreeze.every", f"must be a fraction in (0, 1), got {u.every}")
     _check_stage_starts("unfreeze", u.stages, 0, total, err)
 
 

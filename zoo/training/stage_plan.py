@@ -22,7 +22,7 @@ from zoo.models.contract import check_supports, check_zoo_model
 from zoo.models.pretrained import resolve_local_dir
 from zoo.nn.routing import RoutedBlock, resolve_route_plan
 from zoo.training.freezing import layer_groups, param_groups, set_trainable_from
-from zoo.training.progress import anneal_value, boundary_steps, gradual_unfreeze_from
+from zoo.training.progress import anneal_value, boundary_steps, freezeout_steps, gradual_unfreeze_from
 from zoo.training.recipe import Recipe, RecipeError
 
 
@@ -204,12 +204,19 @@ class StagePlan:
             return gradual_unfreeze_from(progress, base, u.start_groups, u.every)
         if u.mode == "freezeout":
             # bottom-up: one more group freezes every `every` of training; the top group always trains
-            return min(num_groups - 1, int(progress / u.every + 1e-9))
+            return sum(1 for s in freezeout_steps(self.total, num_groups, u.every).values() if step >= s)
         current = 0
         for st, g in self.unfreeze_steps:
             if step >= st:
                 current = g if g >= 0 else num_groups + g
         return current
+
+    def annealed_freeze_steps(self) -> dict[int, int]:
+        """``unfreeze.anneal_lr`` (FreezeOut): each group's freeze step, where its own LR schedule ends; else {}."""
+        u = self.recipe.unfreeze
+        if u is None or u.mode != "freezeout" or not u.anneal_lr:
+            return {}
+        return freezeout_steps(self.total, self.groups, u.every)
 
     def validate(self, model: nn.Module) -> None:
         G = self.num_groups(model)

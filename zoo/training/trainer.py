@@ -40,7 +40,7 @@ from zoo.training.evaluation import evaluate, fit_resolution
 from zoo.training.freezing import set_group_lrs
 from zoo.training.interrupt import StoppedBySignal, stop_on_signals
 from zoo.training.precision import choose_precision
-from zoo.training.progress import lr_factor
+from zoo.training.progress import freezeout_lr_factors, lr_factor
 from zoo.training.recipe import SCHEMA_VERSION, Recipe, RecipeError, flatten_dotted
 from zoo.training.run_folder import PRECISION_FILE, RunFolder
 from zoo.training.stage_plan import (
@@ -312,7 +312,9 @@ class Trainer:
             self.step, self.total, self.warmup, sch.min_lr_ratio, self.plan.rewarm_steps(), self.rewarm, sch.decay,
             self.hold,
         )  # fmt: skip
-        set_group_lrs(self.optimizer, self.lr)
+        freeze_at = self.plan.annealed_freeze_steps()
+        factors = freezeout_lr_factors(self.step, freeze_at, self.warmup, sch.decay) if freeze_at else {}
+        set_group_lrs(self.optimizer, self.lr, {g: recipe.optim.lr * f for g, f in factors.items()})
         n = len(micro_batches)
         loss_sum = 0.0
         for m, (x, y, gen) in enumerate(micro_batches):
