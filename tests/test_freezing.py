@@ -148,3 +148,51 @@ def test_freezeout_training_freezes_bottom_up_with_annealed_lr(tmp_path, fmnist)
                 assert torch.equal(mid[name], value), name
     differs = [n for n in runs[True] if not torch.equal(runs[True][n], runs[False][n])]
     assert any(n.startswith("blocks.0.") for n in differs), "annealing changed what the lower groups learned"
+
+
+# ------------------------------------------------------------------------------------ adaptive bottom-up freezing
+def test_adaptive_check_steps_and_relative_change():
+    from zoo.training.adaptive_freezing import check_steps, relative_change
+
+    assert check_steps(8, 0.25) == [2, 4, 6] and check_steps(100, 0.3) == [30, 60, 90]
+    a = {"w": torch.tensor([3.0, 4.0])}
+    assert relative_change(a, a) == 0.0
+    assert relative_change(a, {"w": torch.tensor([3.0, 3.0])}) == pytest.approx(1 / 5)
+
+
+def test_plasticity_monitor_freezes_the_lowest_group_once_it_stops_changing(tmp_path):
+    from zoo.training.adaptive_freezing import PlasticityMonitor
+
+    model = timm.create_model("zoo_vit_micro_p4", depth=2, embed_dim=32, num_heads=2)
+    mon = PlasticityMonitor(threshold=0.01)
+    assert not mon.should_freeze(model, 0), "the first measurement only takes the reference"
+    with torch.no_grad():
+        model.patch_embed.proj.weight.mul_(1.5)  # the stem is still changing a lot
+    assert not mon.should_freeze(model, 0)
+    assert mon.should_freeze(model, 0), "unchanged since the last check: freeze"
+    assert mon.group == 1 and all(n.startswith("blocks.0.") for n in mon.reference), "next group's reference"
+    mon.save(tmp_path)
+    again = PlasticityMonitor(threshold=0.01)
+    again.load(tmp_path)
+    assert again.group == 1 and again.reference.keys() == mon.reference.keys()
+    top = PlasticityMonitor(threshold=0.01)
+    top.should_freeze(model, 3)
+    assert not top.should_freeze(model, 3), "the top group (head) always trains"
+
+
+@pytest.mark.parametrize("threshold,frozen_at", [(10.0, [4, 6]), (1e-12, [])])
+def test_adaptive_freezing_in_training(tmp_path, fmnist, threshold, frozen_at):
+    """8 steps, checks at 2, 4, 6: a threshold nothing stays under never freezes; one everything stays under
+    freezes the stem at 4 (its reference was taken at 2) and block 0 at 6 (reference taken at 4)."""
+    import json
+
+    from conftest import tiny_recipe
+
+    from zoo.training.recipe import recipe_from_dict
+    from zoo.training.trainer import train
+
+    sections = {"unfreeze": {"mode": "adaptive", "check_every": 0.25, "threshold": threshold}}
+    train(recipe_from_dict(tiny_recipe(**sections)), tmp_path / "run", progress=False)
+    log = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    events = [(r["step"], r["event"]["trainable_from"]) for r in log if "event" in r]
+    assert events == [(s, i + 1) for i, s in enumerate(frozen_at)]

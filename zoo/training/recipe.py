@@ -28,6 +28,8 @@ ADDED_FIELDS: dict[str, tuple[int, Any]] = {
     "distill": (4, None),  # a whole section: its neutral value is its absence
     "merging": (4, None),
     "unfreeze.anneal_lr": (4, False),
+    "unfreeze.check_every": (4, 0.05),
+    "unfreeze.threshold": (4, 0.01),
     "data.val_split": (2, None),
     "data.cache": (3, "auto"),
     "data.cache_max_mb": (3, 1024.0),
@@ -199,11 +201,17 @@ class UnfreezeStage:
 
 @dataclass
 class UnfreezeConfig:
-    mode: str = "gradual"  # gradual | stages | freezeout
+    # gradual (top-down unfreezing) | stages | freezeout (bottom-up freezing on a schedule) | adaptive (bottom-up,
+    # when the lowest trainable group stops changing)
+    mode: str = "gradual"
     every: float = 0.1  # gradual: one more group every this fraction of training
     start_groups: int = 1  # gradual: groups trainable at the start, from the top (1 = head + final norm)
     # freezeout: each group's LR decays to zero (the schedule's decay shape) at the step it freezes (FreezeOut)
     anneal_lr: bool = False
+    # adaptive: every check_every of training, the lowest trainable group freezes when its relative weight change
+    # since the previous check is below threshold
+    check_every: float = 0.05
+    threshold: float = 0.01
     stages: list[UnfreezeStage] = field(default_factory=list)
 
 
@@ -611,8 +619,12 @@ def _check_growth(g: GrowthConfig, total: int | None, err) -> None:
 
 
 def _check_unfreeze(u: UnfreezeConfig, total: int | None, err) -> None:
-    if u.mode not in ("gradual", "stages", "freezeout"):
-        raise err("unfreeze.mode", f"must be gradual, stages or freezeout, got {u.mode!r}")
+    if u.mode not in ("gradual", "stages", "freezeout", "adaptive"):
+        raise err("unfreeze.mode", f"must be gradual, stages, freezeout or adaptive, got {u.mode!r}")
+    if not 0 < u.check_every < 1:
+        raise err("unfreeze.check_every", f"must be a fraction in (0, 1), got {u.check_every}")
+    if u.threshold <= 0:
+        raise err("unfreeze.threshold", f"must be > 0 (relative weight change), got {u.threshold}")
     if u.mode == "gradual" and not 0 < u.every < 1:
         raise err("unfreeze.every", f"must be a fraction in (0, 1), got {u.every}")
     if u.start_groups < 1:

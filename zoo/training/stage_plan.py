@@ -162,6 +162,8 @@ class StagePlan:
     groups: int = 0  # layer-group count of the current model, set by apply_structure
     base_groups: int = 0  # layer-group count before any growth (gradual unfreezing counts in these), ditto
     grown: int = 0  # growth stages applied to the current model
+    # unfreeze.mode adaptive: the steps at which a group froze (decided during the run, kept in checkpoints)
+    adaptive_freezes: list[int] = field(default_factory=list)
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, total: int, growth_at: list[float] | None = None) -> StagePlan:
@@ -202,6 +204,8 @@ class StagePlan:
             # blocks that were already training (dropping their optimizer moments).
             base = self.base_groups or num_groups
             return gradual_unfreeze_from(progress, base, u.start_groups, u.every)
+        if u.mode == "adaptive":
+            return min(num_groups - 1, sum(1 for s in self.adaptive_freezes if step >= s))
         if u.mode == "freezeout":
             # bottom-up: one more group freezes every `every` of training; the top group always trains
             return sum(1 for s in freezeout_steps(self.total, num_groups, u.every).values() if step >= s)

@@ -34,6 +34,7 @@ from zoo.data.pipeline import default_workers, make_loader, normalize, random_cr
 from zoo.hub import save_model_folder, weights_hash
 from zoo.measure.machine import gemm_peaks_gflops
 from zoo.training import run_checkpoints as ckpt
+from zoo.training.adaptive_freezing import PlasticityMonitor, check_steps
 from zoo.training.budget import budget_boundaries
 from zoo.training.distillation import Distiller, load_teacher
 from zoo.training.evaluation import evaluate, fit_resolution
@@ -223,6 +224,12 @@ class Trainer:
                 self.start_step = int(self.state["step"])
             else:  # same recipe, same seed: the run from step 0 is the run that was interrupted, just longer
                 print(f"note: {self.folder.checkpoints}: no intact checkpoint to resume from; starting from step 0")
+        u = recipe.unfreeze
+        self.monitor = PlasticityMonitor(u.threshold) if u is not None and u.mode == "adaptive" else None
+        if self.state is not None:
+            self.plan.adaptive_freezes = list(self.state.get("adaptive_freezes", []))
+            if self.monitor is not None:
+                self.monitor.load(folder)
         apply_structure(model, self.plan, self.start_step)
         t = recipe.train
         self.ema = ModelEmaV3(model, decay=t.ema, use_warmup=t.ema_warmup) if t.ema else None
@@ -274,6 +281,7 @@ class Trainer:
         self.eval_every = max(1, int(round(recipe.train.eval_every * self.steps_per_epoch)))
         self.ckpt_every = recipe.train.checkpoint_every or self.steps_per_epoch
         self.after_event = self.plan.changes_at(self.step)  # resumed right after a boundary: its "loss after" is due
+        self.check_at = set(check_steps(self.total, recipe.unfreeze.check_every)) if self.monitor else set()
         if self.step >= self.total:  # stopped between the last checkpoint and the result: evaluate the final weights
             self.last = self.run_evaluation()
         self.model.train()
@@ -358,6 +366,10 @@ class Trainer:
         """Structure changes between steps, before the checkpoint of this step, so a checkpoint always holds the
         structure (and optimizer layout) of the step it resumes at; the loss right after a change is logged too."""
         step = self.step
+        if step in self.check_at:  # adaptive freezing: the lowest trainable group, if it stopped changing
+            group = self.plan.trainable_from(step, self.plan.groups)
+            if self.monitor.should_freeze(self.acc.unwrap_model(self.model), group):
+                self.plan.adaptive_freezes.append(step)
         if self.plan.changes_at(step) and step < self.total:
             self.model, self.optimizer, self.ema = self.plan.restructure(
                 self.acc, self.model, self.optimizer, self.ema, step, self.recipe
@@ -411,7 +423,7 @@ class Trainer:
         if self.step % self.ckpt_every == 0 or self.step == self.total or force:
             save_checkpoint(
                 self.acc, self.model, self.ema, self.folder.checkpoints, self.step, self.plan, self.recipe,
-                self.elapsed(),
+                self.elapsed(), self.monitor,
             )  # fmt: skip
 
     def elapsed(self) -> float:
@@ -537,7 +549,15 @@ def augment_generator(seed: int, epoch: int, micro_step: int, rank: int) -> torc
 
 
 def save_checkpoint(
-    acc: Accelerator, model, ema, ckpt_dir: Path, step: int, plan: StagePlan, recipe: Recipe, elapsed_s: float
+    acc: Accelerator,
+    model,
+    ema,
+    ckpt_dir: Path,
+    step: int,
+    plan: StagePlan,
+    recipe: Recipe,
+    elapsed_s: float,
+    monitor: PlasticityMonitor | None = None,
 ) -> None:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     tmp = ckpt.temp_folder(ckpt_dir, step) if acc.is_main_process else ckpt_dir / f".tmp-{ckpt.checkpoint_name(step)}"
@@ -549,6 +569,9 @@ def save_checkpoint(
             save_safetensors_model(ema.module, str(tmp / "ema.safetensors"))
         state = {"step": step, "stage": plan.describe(step), "recipe_hash": recipe_hash(recipe.identity()),
                  "elapsed_s": elapsed_s}  # fmt: skip
+        if monitor is not None:  # adaptive freezing: its decisions so far and the reference of the next one
+            state["adaptive_freezes"] = list(plan.adaptive_freezes)
+            monitor.save(tmp)
         ckpt.finalize(tmp, ckpt_dir, step, state, recipe.train.keep_checkpoints)
     acc.wait_for_everyone()
 
