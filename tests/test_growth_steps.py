@@ -229,14 +229,12 @@ def test_bundled_depth_steps_recipe_is_the_depth_recipe_in_steps():
 
 
 def test_grow_ignores_the_stage_start_keys():
-    from dataclasses import asdict
-
     import timm
 
     from zoo.growth.operators import grow
 
     model = timm.create_model("zoo_vit_micro_p4", embed_dim=32, depth=2, num_heads=2, num_classes=10, in_chans=1)
-    grow(model, asdict(GrowthStage(step=3, depth=3)))
+    grow(model, GrowthStage(step=3, depth=3).model_dump())
     assert len(model.blocks) == 3
 
 

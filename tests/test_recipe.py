@@ -25,11 +25,11 @@ def write(tmp_path, data) -> Path:
         ({"optim": {"lr": "fast"}}, "optim.lr", "expected a number"),
         ({"optim": {"lr": -1}}, "optim.lr", "> 0"),
         ({"data": {"batch_size": 1.5}}, "data.batch_size", "expected an integer"),
-        ({"train": {"precision": "fp8"}}, "train.precision", "fp32, bf16"),
+        ({"train": {"precision": "fp8"}}, "train.precision", "'fp32', 'bf16'"),
         ({"train": {"accumulation": 3}}, "train.accumulation", "divide"),
-        ({"routing": {"capacity": -0.25}}, "routing.capacity", "(0, 1]"),
-        ({"routing": {"capacity": 1.5}}, "routing.capacity", "(0, 1]"),
-        ({"routing": {"capacity": [1.0, 2.0]}}, "routing.capacity[1]", "(0, 1]"),
+        ({"routing": {"capacity": -0.25}}, "routing.capacity", "must be > 0"),
+        ({"routing": {"capacity": 1.5}}, "routing.capacity", "must be <= 1"),
+        ({"routing": {"capacity": [1.0, 2.0]}}, "routing.capacity[1]", "must be <= 1"),
         ({"routing": {"router": "magic"}}, "routing.router", "linear"),
         ({"routing": {"layers": "odd"}}, "routing.layers", "every_other"),
         (
@@ -54,7 +54,7 @@ def write(tmp_path, data) -> Path:
             "unfreeze.stages[1].at",
             "increasing",
         ),
-        ({"schedule": {"warmup": 1.5}}, "schedule.warmup", "[0, 1)"),
+        ({"schedule": {"warmup": 1.5}}, "schedule.warmup", "must be < 1"),
         ({"model": {"args": []}}, "model.args", "mapping"),
     ],
 )
@@ -117,3 +117,36 @@ def test_every_bundled_recipe_loads_and_builds(path, fmnist, tmp_path):
         s.step for sec in (recipe.growth, recipe.unfreeze) if sec is not None for s in sec.stages if s.step is not None
     ]
     StagePlan.from_recipe(recipe, total=max([100, *(s + 1 for s in steps)])).validate(model)
+
+
+def test_overrides_index_lists(tmp_path):
+    """`--set growth.stages[1].at=0.7` changes one stage; a missing entry or a path through a non-list is an error
+    naming the override."""
+    path = write(tmp_path, {"growth": {"stages": [{"at": 0.3, "depth": 4}, {"at": 0.6, "depth": 6}]}})
+    r = load_recipe(path, ["growth.stages[1].at=0.7", "growth.stages[0].noise=1e-3"])
+    assert [s.at for s in r.growth.stages] == [0.3, 0.7] and r.growth.stages[0].noise == 1e-3
+    with pytest.raises(RecipeError, match=r"growth.stages\[2\]: no such entry: growth.stages has 2 entries"):
+        load_recipe(path, ["growth.stages[2].at=0.9"])
+    with pytest.raises(RecipeError, match=r"optim\[0\]: no such entry: optim is not a list"):
+        load_recipe(path, ["optim[0].lr=0.1"])
+    with pytest.raises(RecipeError, match="expected key.path=value"):
+        load_recipe(path, ["growth.stages[x].at=0.9"])
+    with pytest.raises(RecipeError, match=r"growth.stages\[1\].at: stages must be in increasing order"):
+        load_recipe(path, ["growth.stages[1].at=0.1"])
+
+
+def test_types_are_strict_and_messages_name_the_field():
+    """Pydantic strict mode: no silent coercion of strings, booleans or floats into other types."""
+    cases = [
+        ({"data": {"batch_size": "128"}}, "data.batch_size: expected an integer, got '128'"),
+        ({"data": {"flip": 1}}, "data.flip: expected true/false, got 1"),
+        ({"optim": {"lr": True}}, "optim.lr: expected a number, got True"),
+        ({"optim": {"betas": [0.9]}}, "optim.betas: must have 2 entries, got 1"),
+        ({"routing": {"capacity": [0.5, None, "x"]}}, "routing.capacity[2]: expected a number, got 'x'"),
+        ({"growth": {"stages": [{"at": 0.5, "depht": 4}]}}, "growth.stages[0].depht: unknown key (allowed: at, "),
+        ({"unfreeze": {"stages": [{"at": 0.5}]}}, "unfreeze.stages[0].trainable_from: required field is missing"),
+    ]
+    for data, words in cases:
+        with pytest.raises(RecipeError) as e:
+            recipe_from_dict(data, "r.yaml")
+        assert str(e.value).startswith(f"r.yaml: {words}"), (data, str(e.value))

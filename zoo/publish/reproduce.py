@@ -14,7 +14,6 @@ file and field), which ``zoo`` turns into exit code 2.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -262,12 +261,12 @@ def prepare_recipe(card: Card, sets: list[str]):
     pretrained = resolve_pretrained(recipe.model.pretrained, card.folder, card.base_model, source)
     if pretrained != recipe.model.pretrained:
         notes.append(f"the recorded base model path is not on this machine: using {card.base_model}'s card folder")
-        recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, pretrained=pretrained))
+        recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"pretrained": pretrained})})
     elif card.base_model and pretrained and pretrained.startswith(LOCAL_DIR):
         notes.extend(_base_weights_warning(pretrained, card))
     chosen = card.result.get("precision")
     if recipe.train.precision == "auto" and chosen in ("fp32", "bf16", "fp16"):
-        recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, precision=chosen))
+        recipe = recipe.model_copy(update={"train": recipe.train.model_copy(update={"precision": chosen})})
         notes.append(f"train.precision auto pinned to {chosen}, the card's measured choice")
     return recipe, card_recipe, notes
 

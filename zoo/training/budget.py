@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 from torch import nn
@@ -28,7 +27,7 @@ def stage_models(model: nn.Module, recipe: Recipe) -> list[nn.Module]:
     out = [copy.deepcopy(model)]
     for st in recipe.growth.stages:
         m = copy.deepcopy(out[-1])
-        grow(m, asdict(st))
+        grow(m, st.model_dump())
         out.append(m)
     return out
 

@@ -304,12 +304,10 @@ def grow_to(model: nn.Module, plan: StagePlan, step: int) -> list[list]:
     New weights draw from a generator seeded by (seed, stage), inside a forked RNG: every process grows identically,
     a resumed run rebuilds the same structure, and the global random stream (drop-path, dropout) is not disturbed.
     """
-    from dataclasses import asdict
-
     stage_maps = []
     target = plan.growth_stage(step)
     while plan.grown < target:
-        spec = asdict(plan.recipe.growth.stages[plan.grown])
+        spec = plan.recipe.growth.stages[plan.grown].model_dump()
         seed = plan.recipe.train.seed * 1_000_003 + plan.grown
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

@@ -1,0 +1,116 @@
+"""Recipe checks that relate several fields (what a single field's type and range cannot express): stage order and
+kinds, growth sizes and budgets, what a mode or section needs from the rest of the recipe. Each raises the
+``RecipeError`` built by ``err(field, message)``, so the message names the file and the field."""
+
+from __future__ import annotations
+
+from zoo.training.recipe_schema import (
+    DataConfig,
+    GrowthConfig,
+    RecipeSchema,
+    ScheduleConfig,
+    TrainConfig,
+    UnfreezeConfig,
+)
+
+
+def check_recipe(recipe: RecipeSchema, err) -> None:
+    """Every cross-field check, section by section; the first problem raises."""
+    _check_schedule(recipe.schedule, err)
+    _check_data(recipe.data, recipe.train, err)
+    if recipe.merging is not None:
+        _check_merging(recipe, err)
+    if recipe.growth is not None:
+        _check_growth(recipe.growth, recipe.schedule.steps, err)
+    if recipe.unfreeze is not None:
+        _check_unfreeze(recipe.unfreeze, recipe.schedule.steps, err)
+    if recipe.distill is not None and recipe.distill.teacher == "pretrained" and recipe.model.pretrained is None:
+        raise err("distill.teacher", "'pretrained' names model.pretrained, which is not set: give a model source")
+
+
+def _check_schedule(s: ScheduleConfig, err) -> None:
+    if s.warmup + s.hold >= 1:
+        raise err("schedule.hold", f"must leave room to decay: warmup + hold < 1, got {s.warmup} + {s.hold}")
+
+
+def _check_data(d: DataConfig, t: TrainConfig, err) -> None:
+    if d.auto_augment is not None:
+        from zoo.data.augment import ImageAugment
+
+        try:  # timm parses the policy string: a typo fails here, before anything is written
+            ImageAugment(d.auto_augment, 32, (0.5, 0.5, 0.5))
+        except ValueError as e:
+            raise err("data.auto_augment", str(e)) from e
+    if (d.mixup > 0 or d.cutmix > 0) and (d.batch_size // t.accumulation) % 2:
+        raise err("data.mixup", "Mixup / CutMix pair images within a batch: data.batch_size per step must be even")
+    if d.batch_size % t.accumulation:
+        raise err("train.accumulation", f"must divide data.batch_size ({d.batch_size})")
+
+
+def _check_merging(recipe: RecipeSchema, err) -> None:
+    if recipe.routing is not None:  # both decide which tokens a block sees
+        raise err("merging", "cannot be combined with routing: set one of them")
+    if recipe.growth is not None and any(st.depth is not None for st in recipe.growth.stages):
+        raise err("merging", "cannot be combined with depth growth (the merge plan is per block of a fixed depth)")
+
+
+def _check_stage_starts(section: str, stages: list, first_step: int, total: int | None, err) -> None:
+    """Each stage starts at exactly one of ``at`` / ``step``, one kind per list, strictly increasing, and (when the
+    run length is fixed by ``schedule.steps``, ``total``) inside the run; an epoch-based run checks steps at its start.
+    """
+    low = "(0, 1)" if first_step > 0 else "[0, 1)"
+    prev_at, prev_step, kind = -1.0 if first_step == 0 else 0.0, first_step - 1, None
+    for i, st in enumerate(stages):
+        where = f"{section}.stages[{i}]"
+        if st.at is None and st.step is None:
+            raise err(f"{where}.at", "required: set `at` (fraction of training) or `step` (optimizer step)")
+        if st.at is not None and st.step is not None:
+            raise err(f"{where}.step", "set either `at` (fraction of training) or `step` (optimizer step), not both")
+        this = "at" if st.at is not None else "step"
+        if kind is not None and this != kind:
+            msg = f"mixes `at` and `step` stages: the first stage uses `{kind}`; give every stage the same kind"
+            raise err(f"{where}.{this}", msg)
+        kind = this
+        if st.at is not None:
+            if not prev_at < st.at < 1:
+                raise err(f"{where}.at", f"stages must be in increasing order within {low}, got {st.at}")
+            prev_at = st.at
+            continue
+        if st.step <= prev_step:
+            msg = f"stages must be in strictly increasing order from step {first_step}, got {st.step}"
+            raise err(f"{where}.step", msg)
+        if total is not None and st.step >= total:
+            msg = f"step {st.step} is outside the run: schedule.steps is {total} (a stage must start before it)"
+            raise err(f"{where}.step", msg)
+        prev_step = st.step
+
+
+def _check_growth(g: GrowthConfig, total: int | None, err) -> None:
+    for key in ("budget_flops", "budget_seconds"):
+        if getattr(g, key) is not None:
+            for i, st in enumerate(g.stages):
+                if st.step is not None:
+                    msg = f"growth.{key} solves the stage boundaries: give each stage a nominal `at` fraction "
+                    raise err(f"growth.stages[{i}].step", msg + "(the solver moves it to fit the budget), not a step")
+    _check_stage_starts("growth", g.stages, 1, total, err)
+    prev_depth = None
+    for i, st in enumerate(g.stages):
+        if all(v is None for v in (st.depth, st.embed_dim, st.num_heads, st.mlp_hidden, st.img_size)):
+            raise err(f"growth.stages[{i}]", "grows nothing: set depth, embed_dim, num_heads, mlp_hidden or img_size")
+        if st.depth is not None:
+            if prev_depth is not None and st.depth <= prev_depth:
+                msg = f"growth to a smaller or equal depth ({prev_depth} -> {st.depth})"
+                raise err(f"growth.stages[{i}].depth", msg)
+            prev_depth = st.depth
+    if g.budget_flops is not None and g.budget_seconds is not None:
+        raise err("growth.budget_seconds", "set either budget_flops or budget_seconds, not both")
+    for key in ("budget_flops", "budget_seconds"):
+        if getattr(g, key) is not None and not g.stages:
+            raise err(f"growth.{key}", "needs growth stages (the solver fits their lengths to the budget)")
+
+
+def _check_unfreeze(u: UnfreezeConfig, total: int | None, err) -> None:
+    if u.anneal_lr and u.mode != "freezeout":
+        msg = f"anneals each group's LR to its freeze step: needs mode freezeout, not {u.mode}"
+        raise err("unfreeze.anneal_lr", msg)
+    _check_stage_starts("unfreeze", u.stages, 0, total, err)
