@@ -32,7 +32,7 @@ from zoo.training.recipe_lookup import resolve_recipe_path
 MERGED_RECIPE = "fmnist_baseline_to_merged"
 ROUTED_RECIPE = "fmnist_baseline_to_routed"
 #: tokens merged per block in the training-free sweep (49 patch tokens, 4 blocks)
-MERGE_SWEEP = (4, 8, 12, 16)
+MERGE_SWEEP = (8, 12, 16, 24)
 #: the arm whose numbers the goals judge
 HEADLINE = "merged_kd"
 
