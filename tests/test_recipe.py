@@ -102,9 +102,12 @@ def test_every_bundled_recipe_loads_and_builds(path, fmnist, tmp_path):
     text = path.read_text()
     assert text.startswith("#") and "zoo train" in text, "header comment must state the command that runs it"
     recipe = load_recipe(path)
-    if recipe.model.pretrained is not None and not recipe.model.pretrained.startswith("local-dir:model_cards/"):
+    from zoo.models.pretrained import PUBLISHED
+
+    src = recipe.model.pretrained
+    if src is not None and not src.startswith("local-dir:model_cards/") and src not in PUBLISHED:
         # the source folder is another recipe's output; stand in a freshly initialised one of the same architecture
-        # (a bundled published model under model_cards/ is loaded as it is)
+        # (a published model, by tag or bundled folder under model_cards/, is loaded as it is)
         assert recipe.model.pretrained.startswith("local-dir:runs/"), "bundled recipes point at a bundled run"
         src = save_model_folder(timm.create_model(recipe.model.name), tmp_path / "src")
         recipe = load_recipe(path, [f"model.pretrained=local-dir:{src}"])
