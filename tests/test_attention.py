@@ -14,7 +14,14 @@ import torch.nn.functional as F
 from zoo.growth.operators import grow_embed_dim, grow_heads, grow_resolution
 from zoo.hub import save_model_folder
 from zoo.measure.flops import analytical_vit_flops, attention_block_flops, attention_flops, count_flops
-from zoo.nn.attention import ATTENTION_TYPES, Attention, SharedQKAttention, SpatialReductionAttention, WindowAttention
+from zoo.nn.attention import (
+    ATTENTION_TYPES,
+    Attention,
+    LocalitySelfAttention,
+    SharedQKAttention,
+    SpatialReductionAttention,
+    WindowAttention,
+)
 
 DIM, HEADS = 32, 2
 GRID = (5, 6)  # not divisible by the window / reduction sizes below: exercises padding and ceil cells
@@ -24,6 +31,7 @@ VARIANT_ARGS = {
     "spatial_reduction": {"sr_ratio": 2},
     "lowrank": {"k_len": 8},
     "shared_qk": {},
+    "lsa": {},
 }
 
 
@@ -74,7 +82,7 @@ def test_shape_finite_and_every_param_gets_grad(attn_type, prefix):
     assert not missing
 
 
-@pytest.mark.parametrize("attn_type", ["window", "spatial_reduction", "lowrank", "shared_qk"])
+@pytest.mark.parametrize("attn_type", ["window", "spatial_reduction", "lowrank", "shared_qk", "lsa"])
 def test_context_is_rejected(attn_type):
     attn = make_attn(attn_type, 1)
     x = tokens(1)
@@ -175,6 +183,45 @@ def test_shared_qk_runs_in_routed_blocks():
         m = micro("shared_qk", routing={"capacity": 0.5, "router": router}).train()
         m(torch.randn(2, 1, 28, 28)).sum().backward()
         assert all(p.grad is not None for n, p in m.named_parameters() if ".router." not in n)
+
+
+# ------------------------------------------------------------------------------------------- locality self-attention
+def test_lsa_is_dense_attention_with_a_learned_scale_and_no_self_attention():
+    attn = make_attn("lsa", 1).eval()
+    with torch.no_grad():
+        attn.log_scale.fill_(math.log(0.7))  # away from the dense default, so the scale is seen to be used
+    x = tokens(1)
+    q, k, v = (heads(t) for t in attn.qkv(x).split(DIM, dim=-1))
+    scores = 0.7 * q @ k.transpose(-2, -1)
+    scores = scores.masked_fill(torch.eye(x.shape[1], dtype=torch.bool), float("-inf"))
+    torch.testing.assert_close(attn(x), merge(attn, scores.softmax(-1) @ v))
+    # its state dict is a dense one plus the scale, which starts at the dense default head_dim ** -0.5
+    fresh = make_attn("lsa", 1)
+    assert set(fresh.state_dict()) == set(Attention(DIM, HEADS).state_dict()) | {"log_scale"}
+    assert fresh.log_scale.exp().item() == pytest.approx((DIM // HEADS) ** -0.5)
+
+
+def test_lsa_learns_its_scale_and_a_lone_token_is_finite():
+    attn = make_attn("lsa", 0)
+    attn(tokens(0)).square().sum().backward()
+    assert attn.log_scale.grad is not None and attn.log_scale.grad.abs() > 0
+    assert torch.isfinite(attn(tokens(0)[:, :1])).all()
+
+
+def test_lsa_runs_in_routed_blocks_and_its_model_grows_preserving_function():
+    m = micro("lsa", routing={"capacity": 0.5, "router": "cls_attn"}).train()
+    m(torch.randn(2, 1, 28, 28)).sum().backward()
+    assert all(p.grad is not None for n, p in m.named_parameters() if ".router." not in n)
+    m = micro("lsa").eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        for blk in m.blocks:  # distinct learned scales, so a widening that lost them would show
+            blk.attn.log_scale.uniform_(-2.0, 0.0)
+        ref = m(x)
+        grow_embed_dim(m, 2 * m.embed_dim)
+        torch.testing.assert_close(m(x), ref, rtol=1e-4, atol=1e-5)
+        grow_heads(m, 2 * m.blocks[0].attn.num_heads)
+        torch.testing.assert_close(m(x), ref, rtol=1e-4, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------------- FLOPs
@@ -291,7 +338,7 @@ def test_shared_qk_head_growth_is_a_clear_error():
 
 
 # ---------------------------------------------------------------------------------------------------------- export
-@pytest.mark.parametrize("attn_type", ["window", "spatial_reduction", "lowrank", "shared_qk"])
+@pytest.mark.parametrize("attn_type", ["window", "spatial_reduction", "lowrank", "shared_qk", "lsa"])
 def test_local_dir_round_trip(attn_type, tmp_path):
     m = micro(attn_type, VARIANT_ARGS[attn_type] or None).eval()
     folder = save_model_folder(m, tmp_path / "m")
@@ -303,6 +350,6 @@ def test_local_dir_round_trip(attn_type, tmp_path):
 
 
 def test_variant_classes_share_the_constructor():
-    for cls in (WindowAttention, SpatialReductionAttention, SharedQKAttention):
+    for cls in (WindowAttention, SpatialReductionAttention, SharedQKAttention, LocalitySelfAttention):
         attn = cls(DIM, HEADS, True, 0.0, 0.0, None, GRID, 1)  # Attention's positional signature + grid, prefix
         assert attn.num_prefix_tokens == 1

@@ -4,10 +4,12 @@ early-convolution stem; and recipe identity surviving schema growth."""
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 import yaml
 
 import zoo  # noqa: F401
 from zoo.data.datasets import DataError, build_datasets
+from zoo.growth.operators import grow_embed_dim, grow_resolution
 from zoo.training.progress import lr_factor
 from zoo.training.recipe import ADDED_FIELDS, RecipeError, load_recipe, recipe_from_dict
 from zoo.training.recipe_lookup import schedules_dir
@@ -71,6 +73,45 @@ def test_early_stem_keeps_the_token_grid_and_records_its_width():
     assert [c.out_channels for c in m2.patch_embed.conv if isinstance(c, torch.nn.Conv2d)] == [16, 32, 64]
     with pytest.raises(ValueError, match="power-of-2"):
         timm.create_model("zoo_vit_micro_p7", stem="early")
+
+
+def test_shifted_patch_stem_is_the_paper_tokenization():
+    """SPT: [x, x shifted by (+-p/2, +-p/2)] on the channels, LayerNorm over each patch, one linear map per patch."""
+    torch.manual_seed(0)
+    m = timm.create_model("zoo_vit_micro_p4", stem="spt", embed_dim=64, num_heads=2)
+    stem = m.patch_embed
+    assert m.model_args["stem"] == "spt" and m.model_args["stem_width"] is None  # no width to record
+    assert stem.grid_size == (7, 7) and stem.proj.in_channels == 5
+    with torch.no_grad():
+        stem.norm_weight.uniform_(0.5, 1.5)
+        stem.norm_bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 1, 28, 28)
+    p, s = 4, 2
+    pad = F.pad(x, (s, s, s, s))
+    # up-left, up-right, down-left, down-right: the image moved by half a patch, zeros where it left
+    views = [x] + [pad[..., dy : dy + 28, dx : dx + 28] for dy, dx in ((0, 0), (0, 4), (4, 0), (4, 4))]
+    assert torch.equal(views[1][..., s:, s:], x[..., :-s, :-s]) and torch.equal(views[4][..., :-s, :-s], x[..., s:, s:])
+    stacked = torch.cat(views, dim=1)  # B, 5, 28, 28
+    flat = stacked.unfold(2, p, p).unfold(3, p, p).permute(0, 2, 3, 1, 4, 5).reshape(2, 49, 5 * p * p)
+    normed = F.layer_norm(flat, (5 * p * p,), stem.norm_weight.flatten(), stem.norm_bias.flatten(), eps=1e-6)
+    expected = normed @ stem.proj.weight.flatten(1).T + stem.proj.bias
+    torch.testing.assert_close(stem(x), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="patch_size >= 2"):
+        timm.create_model("zoo_vit_micro_p4", stem="spt", patch_size=1)
+
+
+def test_conv_stem_models_widen_and_resize_preserving_function():
+    """Width growth keeps a stem's inner layers (they act on pixels); its last conv widens like timm's PatchEmbed."""
+    for stem in ("early", "spt"):
+        torch.manual_seed(0)
+        m = timm.create_model("zoo_vit_micro_conv_p4", stem=stem, attn_type="lsa").eval()
+        x = torch.randn(2, 1, 28, 28)
+        with torch.no_grad():
+            ref = m(x)
+            grow_embed_dim(m, 128)
+            torch.testing.assert_close(m(x), ref, rtol=1e-4, atol=1e-5)
+            grow_resolution(m, 32)
+            assert m.patch_embed.grid_size == (8, 8) and torch.isfinite(m(torch.randn(2, 1, 32, 32))).all()
 
 
 def test_existing_recipe_hashes_survive_the_added_fields():

@@ -45,7 +45,9 @@ _WRITERS = ("patch_embed.proj.weight", "patch_embed.proj.bias", "norm1.weight", 
             "norm2.bias", "ls1.gamma", "ls2.gamma", "attn.proj.weight", "attn.proj.bias", "mlp.fc2.weight",
             "mlp.fc2.bias", "norm.weight", "norm.bias")  # fmt: skip
 _READERS = ("attn.qkv.weight", "mlp.fc1.weight", "router.weight", "head.weight")
-_UNTOUCHED = ("attn.qkv.bias", "mlp.fc1.bias", "router.bias", "head.bias", "attn.e_proj", "attn.f_proj")
+# attn.log_scale: LSA's learned temperature, a scalar that does not depend on the residual width
+_UNTOUCHED = ("attn.qkv.bias", "mlp.fc1.bias", "router.bias", "head.bias", "attn.e_proj", "attn.f_proj",
+              "attn.log_scale")  # fmt: skip
 _TOKENS = ("cls_token", "reg_token", "pos_embed")
 
 
@@ -57,6 +59,8 @@ def _role(name: str) -> str:
     for role, suffixes in (("token", _TOKENS), ("write", _WRITERS), ("read", _READERS), ("keep", _UNTOUCHED)):
         if hit(suffixes):
             return role
+    if name.startswith("patch_embed."):
+        return "keep"  # a stem's layers before its last conv (``proj``, a writer) work on pixels, not the stream
     # fail loudly: a new parameter kind needs a decision on how it widens
     raise NotImplementedError(f"grow_embed_dim: no widening rule for parameter {name!r}")
 

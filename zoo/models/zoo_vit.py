@@ -100,8 +100,9 @@ class ZooViT(nn.Module):
       - ``merging``: token merging (ToMe) per block, training-free (``set_merging``; see ``zoo.nn.merging``).
       - ``patch_drop_rate``: random patch-token dropping in training (timm's ``PatchDropout``).
 
-    ``attn_type`` ("dense", "window", "spatial_reduction", "lowrank", "shared_qk") and ``attn_args`` (its options,
-    e.g. ``{"window_size": 4}``) select every block's attention; see ``zoo.nn.attention``.
+    ``attn_type`` ("dense", "window", "spatial_reduction", "lowrank", "shared_qk", "lsa") and ``attn_args`` (its
+    options, e.g. ``{"window_size": 4}``) select every block's attention; see ``zoo.nn.attention``. ``stem``
+    ("patch", "conv", "early", "spt") selects the tokenizer; see ``zoo.nn.stems``.
     """
 
     supports_growth = True  # zoo.growth.operators operators apply (single residual width, plain block list)
@@ -177,7 +178,7 @@ class ZooViT(nn.Module):
             attn_args=attn_args,
             stem=stem,
             # resolved, so a saved config.json rebuilds the same stem whatever embed_dim has grown to since
-            stem_width=stem_width or default_stem_width(stem, embed_dim),
+            stem_width=(stem_width or default_stem_width(stem, embed_dim)) if stem == "early" else None,
             pos_embed_init=pos_embed_init,
         )
         self.num_classes = num_classes

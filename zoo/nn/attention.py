@@ -12,6 +12,7 @@ and implements ``forward(x, context=None)`` on the full sequence ``[prefix token
 ``spatial_reduction``  ``sr_ratio`` 2      identical                            full sequence only
 ``lowrank``            ``k_len`` 64        + ``attn.e_proj``, ``attn.f_proj``   full sequence only, fixed length N
 ``shared_qk``          -                   ``attn.qkv`` has 2*A rows, not 3*A   any set (no ``context``)
+``lsa``                -                   + ``attn.log_scale`` (one scalar)    any set (no ``context``)
 =====================  ==================  ===================================  =====================================
 
 (A = num_heads * head_dim.) "Full sequence only" variants cannot run inside a routed block (which gathers a subset of
@@ -22,7 +23,8 @@ applies and
 ``set_grid_size`` follows resolution growth. Low-rank: depth, MLP and head growth apply; resolution growth raises
 ValueError (E/F are tied to N) and width growth raises NotImplementedError (``growth._role`` has no rule for E/F).
 Shared-QK: depth, MLP, width and resolution growth apply; head growth does NOT (``grow_heads`` splits qkv into three
-blocks and has no guard for the [qk; v] layout yet).
+blocks and has no guard for the [qk; v] layout yet). LSA: every operator applies (its learned scale is one scalar per
+block, shared by the heads, and ``head_dim`` is fixed under every widening).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from torch import nn
 
 __all__ = [
     "ATTENTION_TYPES",
+    "LocalitySelfAttention",
     "LowRankAttention",
     "SharedQKAttention",
     "SpatialReductionAttention",
@@ -430,6 +433,58 @@ class SharedQKAttention(Attention):
         return attn.softmax(dim=-1).mean(dim=1).squeeze(1)
 
 
+class LocalitySelfAttention(Attention):
+    """Locality self-attention (LSA; Lee et al., "Vision Transformer for Small-Size Datasets", 2021): dense attention
+    with a learned softmax temperature and no attention of a token to itself.
+
+    Both sharpen the attention map, which on small data otherwise stays close to uniform: the temperature starts at
+    the usual ``head_dim ** -0.5`` and is learned (``log_scale``, one scalar per block: the paper's single learnable
+    temperature), and the diagonal of the score matrix is masked out so a token's weight goes to the others. It runs on
+    any token set (a routed subset with ``context: selected`` too); ``context`` (routing ``context: all``) is refused
+    because the self-mask needs to know which context token is the query.
+    """
+
+    supports_context = False
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        head_dim: int | None = None,
+        grid_size: tuple[int, int] | None = None,
+        num_prefix_tokens: int = 0,
+    ):
+        super().__init__(dim, num_heads, qkv_bias, attn_drop, proj_drop, head_dim, grid_size, num_prefix_tokens)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(self.head_dim**-0.5)))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        if context is not None:
+            raise ValueError("lsa attention does not support context (routing context 'all'); use 'selected'")
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        # the learned scale is applied to q (SDPA's own ``scale`` must be a Python float, which autograd cannot reach)
+        q = q * self.log_scale.exp()
+        mask = None if N == 1 else ~torch.eye(N, dtype=torch.bool, device=x.device)  # a lone token keeps itself
+        x = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.attn_drop if self.training else 0.0, scale=1.0
+        )
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, self.attn_dim)))
+
+    def cls_attention(self, x: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
+        """Head-averaged attention of the CLS query to the patch keys at the learned temperature (the CLS token is
+        not a patch key, so no self-mask is needed)."""
+        A = self.attn_dim
+        w_q, w_k, _ = self.qkv.weight.split([A, A, A])
+        b_q, b_k = (None, None) if self.qkv.bias is None else self.qkv.bias.split([A, A, A])[:2]
+        q = self._heads(F.linear(x[:, :1], w_q, b_q))
+        k = self._heads(F.linear(x[:, num_prefix_tokens:], w_k, b_k))
+        attn = (q * self.log_scale.exp()) @ k.transpose(-2, -1)
+        return attn.softmax(dim=-1).mean(dim=1).squeeze(1)
+
+
 #: ``attn_type`` -> class. All share Attention's constructor plus ``grid_size``, ``num_prefix_tokens`` and ``options``.
 ATTENTION_TYPES: dict[str, type[Attention]] = {
     "dense": Attention,
@@ -437,6 +492,7 @@ ATTENTION_TYPES: dict[str, type[Attention]] = {
     "spatial_reduction": SpatialReductionAttention,
     "lowrank": LowRankAttention,
     "shared_qk": SharedQKAttention,
+    "lsa": LocalitySelfAttention,
 }
 
 

@@ -5,7 +5,11 @@
 - ``early``: the convolutional stem of "Early convolutions help transformers see better" (Xiao et al. 2021): a
   stride-1 3x3 conv, then one stride-2 3x3 conv per factor 2 of the patch size, each with BatchNorm and GELU and
   doubling the channels, then a 1x1 conv to the embedding width. The same token grid as ``patch``, built from
-  overlapping local features, which is what makes a ViT on small data learn at a CNN's pace.
+  overlapping local features, which is what makes a ViT on small data learn at a CNN's pace;
+- ``spt``: shifted patch tokenization (Lee et al., "Vision Transformer for Small-Size Datasets", 2021): the image and
+  four copies shifted diagonally by half a patch are stacked on the channels, each patch of the stack is
+  layer-normalised and linearly embedded. Each token sees its patch and half of each neighbour, at the cost of one
+  patchifying linear layer (a fraction of the ``early`` stem's FLOPs).
 
 Every stem has ``PatchEmbed``'s interface (``img_size``, ``patch_size``, ``grid_size``, ``num_patches``,
 ``set_input_size``) and names its last conv ``proj``, so the model, growth (which widens ``proj``) and profiling treat
@@ -15,6 +19,7 @@ them alike.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from timm.layers import PatchEmbed, to_2tuple
 from torch import nn
 
@@ -84,7 +89,44 @@ class EarlyConvStem(GridStem):
         return self.conv(x)
 
 
-STEMS = ("patch", "conv", "early")
+class ShiftedPatchStem(GridStem):
+    """Shifted patch tokenization: ``[x, x shifted by (+-p/2, +-p/2)]`` on the channels (zero-filled), LayerNorm over
+    each patch's ``5 * in_chans * p * p`` values, then the patchifying linear map (``proj``, a kernel = stride = p
+    conv, which is the same linear map per patch and keeps the stem's last layer a conv for growth and profiling).
+
+    The paper's LayerNorm acts on the flattened patch; here it is computed on the (C, p, p) block of each patch in
+    place, which is the same normalisation with its affine weight laid out as (5C, p, p).
+    """
+
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int):
+        super().__init__()
+        if patch_size < 2:
+            raise ValueError(f"stem 'spt' shifts by half a patch and needs patch_size >= 2, got {patch_size}")
+        self.patch_size = to_2tuple(patch_size)
+        self.shift = patch_size // 2
+        chans = 5 * in_chans
+        self.norm_weight = nn.Parameter(torch.ones(chans, patch_size, patch_size))
+        self.norm_bias = nn.Parameter(torch.zeros(chans, patch_size, patch_size))
+        self.proj = nn.Conv2d(chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.set_input_size(img_size=img_size)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.shift
+        padded = F.pad(x, (s, s, s, s))
+        h, w = x.shape[-2:]
+        # the four diagonal shifts: the crop of the padded image at offset (dy, dx) moves x by (s - dy, s - dx)
+        shifted = [padded[..., dy : dy + h, dx : dx + w] for dy, dx in ((0, 0), (0, 2 * s), (2 * s, 0), (2 * s, 2 * s))]
+        x = torch.cat([x, *shifted], dim=1)  # B, 5C, H, W
+        b, c = x.shape[:2]
+        ph, pw = self.patch_size
+        gh, gw = h // ph, w // pw
+        x = x[..., : gh * ph, : gw * pw]  # like the patchifying conv, drop a remainder that fills no whole patch
+        patches = x.reshape(b, c, gh, ph, gw, pw).permute(0, 2, 4, 1, 3, 5)  # B, gh, gw, 5C, p, p
+        patches = F.layer_norm(patches, patches.shape[-3:], self.norm_weight, self.norm_bias, eps=1e-6)
+        return patches.permute(0, 3, 1, 4, 2, 5).reshape(b, c, gh * ph, gw * pw)
+
+
+STEMS = ("patch", "conv", "early", "spt")
 
 
 def default_stem_width(kind: str, embed_dim: int) -> int | None:
@@ -102,4 +144,6 @@ def make_stem(
         return ConvStem(img_size, patch_size, in_chans, embed_dim)
     if kind == "early":
         return EarlyConvStem(img_size, patch_size, in_chans, embed_dim, width or default_stem_width(kind, embed_dim))
+    if kind == "spt":
+        return ShiftedPatchStem(img_size, patch_size, in_chans, embed_dim)
     raise ValueError(f"stem must be one of {STEMS}, got {kind!r}")
