@@ -200,3 +200,42 @@ def test_convert_suite_end_to_end_on_a_subset(tmp_path, fmnist, monkeypatch):
     head = next(r for r in res["rows"] if r["model"] == "merged_kd")
     assert res["infer_speedup"] == head["speedup"] and res["acc_delta"] == head["Δ pt"]
     assert res["eval_split"] == "test" and 0 < res["dense_acc"] <= 1
+
+
+def test_growth_baseline_suite_end_to_end_on_a_subset(tmp_path, fmnist):
+    from zoo.bench.suites import SUITES
+    from zoo.bench.suites.growth_baseline import GROWTH_BASELINE_ARM, GROWTH_BASELINE_RECIPE
+    from zoo.hub import load_folder
+
+    tiny = ["data.train_subset=256", "data.test_subset=256", "data.batch_size=64", "schedule.epochs=2"]
+    res = SUITES["growth-baseline"](quick=False, out=tmp_path, seeds=[0], overrides=tiny)
+    head, control = GROWTH_BASELINE_ARM, "dense_matched_grow"
+    assert res["headline_arm"] == head
+    assert {a["arm"] for a in res["arms"]} == {"dense", head, control}
+    fraction = res["compute_fraction"][head]
+    assert 0.3 < fraction < 0.9 and res["control_epochs"] == {head: round(2 * fraction, 2)}
+    runs = tmp_path / "runs"
+    dense_recipe = yaml.safe_load((runs / "dense" / "seed0" / "recipe.yaml").read_text())
+    control_recipe = yaml.safe_load((runs / control / "seed0" / "recipe.yaml").read_text())
+    assert control_recipe["schedule"]["epochs"] == round(2 * fraction, 2)
+    # the control is the baseline recipe itself, only shorter: no suite-wide schedule change between the arms
+    assert {k: v for k, v in control_recipe["schedule"].items() if k != "epochs"} == {
+        k: v for k, v in dense_recipe["schedule"].items() if k != "epochs"
+    }
+    acc = {a["arm"]: a["acc"]["mean"] for a in res["arms"]}
+    wall = {a["arm"]: a["wall_clock_s"]["mean"] for a in res["arms"]}
+    assert res["acc_vs_control"] == pytest.approx(100 * (acc[head] - acc[control]))
+    assert res["acc_delta"] == pytest.approx(100 * (acc[head] - acc["dense"]))
+    assert res["speedup"] == pytest.approx(wall["dense"] / wall[head])
+    assert len(res["loss_spikes"][head]) == len(load_recipe_stages(GROWTH_BASELINE_RECIPE))
+    # the exported growth model is the baseline's architecture, at the baseline's resolution
+    grown, dense = (load_folder(runs / arm / "seed0" / "model") for arm in (head, "dense"))
+    assert grown.model_args["img_size"] == dense.model_args["img_size"] == 28
+    assert sorted(grown.state_dict()) == sorted(dense.state_dict())
+
+
+def load_recipe_stages(name: str) -> list:
+    from zoo.training.recipe import load_recipe
+    from zoo.training.recipe_lookup import resolve_recipe_path
+
+    return load_recipe(resolve_recipe_path(name)).growth.stages

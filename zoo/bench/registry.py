@@ -34,6 +34,7 @@ GOALS: dict[str, dict[str, tuple[str, float]]] = {
 }
 
 GOALS["growth-long"] = GOALS["growth"]  # the same goals, checked at a length where the arms are nearly trained
+GOALS["growth-baseline"] = GOALS["growth"]  # and against the tuned baseline at its full schedule
 
 # growth given the dense run's time: ahead of dense, and the time really equal (within this machine's ~5% noise)
 GOALS["growth-equal-time"] = {"time_ratio": ("<=", 1.05), "acc_delta_equal_time": (">", 0.0)}

@@ -2,6 +2,15 @@
 ``zoo.bench.registry.SUITES``."""
 
 from zoo.bench.registry import GOALS, SUITES
-from zoo.bench.suites import baseline, convert, growth, memory, routing, speed, unfreeze  # noqa: F401  (each registers its suites)
+from zoo.bench.suites import (  # noqa: F401  (each registers its suites)
+    baseline,
+    convert,
+    growth,
+    growth_baseline,
+    memory,
+    routing,
+    speed,
+    unfreeze,
+)
 
 __all__ = ["GOALS", "SUITES"]

@@ -83,7 +83,7 @@ def growth_arms(
     return records, {"epochs": epochs, "control_epochs": control_epochs, "loss_spikes": spikes}
 
 
-def _growth_compute_fraction(recipe_name: str) -> float:
+def compute_fraction(recipe_name: str) -> float:
     """Training FLOPs of a growth recipe relative to training its final architecture throughout (FLOPs per step of
     each stage, weighted by the stage's share of the steps)."""
     recipe = load_recipe(resolve_recipe_path(recipe_name))
@@ -104,7 +104,7 @@ def growth_suite(
     decayed in it.
     Headline keys (``speedup``, ``acc_delta``, ``acc_vs_control``) are those of ``GROWTH_HEADLINE``."""
 
-    fractions = {arm: _growth_compute_fraction(GROWTH_ARMS[arm]) for arm in GROWTH_CONTROLLED}
+    fractions = {arm: compute_fraction(GROWTH_ARMS[arm]) for arm in GROWTH_CONTROLLED}
     res: dict = {"headline_arm": GROWTH_HEADLINE, "compute_fraction": fractions}
     if quick:  # real runs on a 10k-image subset for 2 epochs: wall-clock and accuracy deltas, one seed
         short = ["data.train_subset=10000", "schedule.epochs=2", GROWTH_WARMUP, *(overrides or [])]
@@ -134,7 +134,7 @@ def growth_long_suite(
     ``--quick``: the same arms on a 10k-image subset for 3 epochs, one seed."""
 
     head = GROWTH_LONG_HEADLINE
-    fractions = {head: _growth_compute_fraction(GROWTH_LONG_ARMS[head])}
+    fractions = {head: compute_fraction(GROWTH_LONG_ARMS[head])}
     res: dict = {"headline_arm": head, "compute_fraction": fractions}
     overrides, seeds = _long_quick(quick, overrides, seeds)
     records, extra = growth_arms(seeds, out, overrides, allow_mismatch, fractions, GROWTH_LONG_ARMS, 9.0)

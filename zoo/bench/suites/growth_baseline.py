@@ -1,0 +1,63 @@
+"""The growth suite on the tuned baseline (``growth-baseline``): the dense baseline recipe at its full schedule, a
+growth recipe derived from it (same data, epochs, augmentation), and the compute-matched dense control the literature
+asks for (No Train No Gain: the baseline given the growth run's training FLOPs, its LR fully decayed in them).
+
+The older ``growth`` / ``growth-long`` suites measure growth on the 16-token ``fmnist_micro_dense`` model; this one
+measures it against ``fmnist_baseline``, the reference every other comparison of the zoo uses. No arm overrides the
+recipes' schedules: the growth recipe's own LR schedule (e.g. warmup-stable-decay) is part of what is measured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from zoo.bench.arms import arm_spikes, epochs_from, mean_by_arm
+from zoo.bench.registry import suite
+from zoo.bench.report import arms_report
+from zoo.bench.runner import Arm, run_arms
+from zoo.bench.suites.baseline import BASELINE_RECIPE
+from zoo.bench.suites.growth import compute_fraction, control_arm
+from zoo.training.recipe import load_recipe
+from zoo.training.recipe_lookup import resolve_recipe_path
+
+#: the growth recipe judged against the baseline (schedules/)
+GROWTH_BASELINE_RECIPE = "fmnist_baseline_grow"
+
+#: its arm name
+GROWTH_BASELINE_ARM = "grow"
+
+
+@suite("growth-baseline")
+def growth_baseline_suite(
+    quick: bool, out: Path, seeds: list[int], allow_mismatch: bool = False, overrides: list[str] | None = None
+) -> dict:
+    """``BASELINE_RECIPE`` vs ``GROWTH_BASELINE_RECIPE`` at the baseline's epochs, and the baseline given the growth
+    run's training FLOPs (arm ``dense_matched_grow``). Headline keys as in ``growth``: ``speedup`` (dense wall-clock
+    over growth wall-clock, means over seeds), ``acc_delta`` (points), ``acc_vs_control`` (points).
+    ``--quick``: a 10k-image subset for 2 epochs, one seed (checks the path, not the goal)."""
+
+    overrides = list(overrides or [])
+    if quick:
+        overrides, seeds = ["data.train_subset=10000", "schedule.epochs=2", *overrides], seeds[:1]
+    head = GROWTH_BASELINE_ARM
+    fraction = compute_fraction(GROWTH_BASELINE_RECIPE)
+    control_epochs = round(epochs_from(overrides, _recipe_epochs(BASELINE_RECIPE)) * fraction, 2)
+    arms = [
+        Arm("dense", BASELINE_RECIPE),
+        Arm(head, GROWTH_BASELINE_RECIPE),
+        Arm(control_arm(head), BASELINE_RECIPE, [f"schedule.epochs={control_epochs}"]),
+    ]
+    runs = out / "runs"
+    records = run_arms(arms, seeds, runs, overrides, allow_mismatch)
+    acc, wall = mean_by_arm(records, "acc"), mean_by_arm(records, "wall_clock_s")
+    res: dict = {"headline_arm": head, "compute_fraction": {head: fraction}, "control_epochs": {head: control_epochs}}
+    res.update(arms_report(records, "dense", out, target_acc=acc["dense"]))
+    res["speedup"] = wall["dense"] / wall[head]
+    res["acc_delta"] = 100 * (acc[head] - acc["dense"])
+    res["acc_vs_control"] = 100 * (acc[head] - acc[control_arm(head)])
+    res["loss_spikes"] = {head: arm_spikes(runs, head, seeds)}
+    return res
+
+
+def _recipe_epochs(name: str) -> float:
+    return float(load_recipe(resolve_recipe_path(name)).schedule.epochs)
