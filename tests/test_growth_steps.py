@@ -37,7 +37,8 @@ def _unfreeze(*stages) -> dict:
         (_grow({"step": 500, "depth": 4}, {"at": 0.6, "depth": 6}), "growth.stages[1].at", "mixes"),
         (_grow({"step": 500, "depth": 4}, {"step": 500, "depth": 6}), "growth.stages[1].step", "increasing"),
         (_grow({"step": 500, "depth": 4}, {"step": 200, "depth": 6}), "growth.stages[1].step", "increasing"),
-        (_grow({"step": 0, "depth": 4}), "growth.stages[0].step", "from step 1"),
+        (_grow({"step": -1, "depth": 4}), "growth.stages[0].step", "from step 0"),
+        (_grow({"step": 0, "depth": 4}, {"step": 0, "depth": 6}), "growth.stages[1].step", "increasing"),
         (_grow({"step": 1.5, "depth": 4}), "growth.stages[0].step", "expected an integer"),
         (
             {"schedule": {"steps": 100}, **_grow({"step": 40, "depth": 4}, {"step": 100, "depth": 6})},
@@ -77,7 +78,8 @@ def _unfreeze(*stages) -> dict:
         "grow-mixed-step-then-at",
         "grow-step-repeated",
         "grow-step-decreasing",
-        "grow-step-zero",
+        "grow-step-negative",
+        "grow-step-zero-twice",
         "grow-step-not-int",
         "grow-step-at-end-of-run",
         "budget-flops-with-step",
@@ -289,3 +291,53 @@ def test_training_grows_and_unfreezes_at_the_given_steps_and_resumes_exactly(tmp
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resume across a step boundary is exact"
     cfg = json.loads((tmp_path / "full" / "model" / "config.json").read_text())
     assert cfg["model_args"]["depth"] == 3
+
+
+def test_growth_at_step_0_grows_a_loaded_model_before_training_and_resumes_exactly(tmp_path, fmnist):
+    """Growing a pretrained model: a stage at step 0 applies as the model is built, before the optimizer exists (no
+    event, no re-warm-up); with the function-preserving operator the grown model computes what the loaded one does."""
+    import timm
+
+    from zoo.hub import load_folder, save_model_folder
+    from zoo.training.trainer import train
+
+    torch.manual_seed(0)
+    base = timm.create_model("zoo_vit_micro_p4", embed_dim=32, depth=2, num_heads=2, num_classes=10, in_chans=1)
+    folder = save_model_folder(base.eval(), tmp_path / "base")
+    stages = [{"step": 0, "depth": 4, "depth_op": "zero"}]
+    data = tiny_recipe(model={"name": "zoo_vit_micro_p4", "pretrained": f"local-dir:{folder}", "reset_head": False},
+                       growth={"stages": stages})  # fmt: skip
+    recipe = recipe_from_dict(data)
+    plan = StagePlan.from_recipe(recipe, 8)
+    assert plan.growth_steps == [0] and plan.rewarm_steps() == [] and not any(plan.changes_at(s) for s in range(8))
+    train(recipe, tmp_path / "full", progress=False)
+    train(recipe, tmp_path / "part", progress=False, stop_after=3)
+    train(recipe, tmp_path / "part", resume=True, progress=False)
+    a = load_file(str(tmp_path / "full" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "part" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resume of a grown pretrained run is exact"
+    grown = load_folder(tmp_path / "full" / "model")
+    assert len(grown.blocks) == 4
+    records = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert not any("event" in r for r in records)  # nothing changes during the run
+
+
+def test_growth_at_step_0_is_function_preserving_on_the_loaded_weights(tmp_path, fmnist):
+    import timm
+
+    from zoo.data.datasets import build_datasets
+    from zoo.hub import save_model_folder
+    from zoo.training.stage_plan import apply_structure, build_model
+
+    torch.manual_seed(0)
+    base = timm.create_model("zoo_vit_micro_p4", embed_dim=32, depth=2, num_heads=2, num_classes=10, in_chans=1).eval()
+    folder = save_model_folder(base, tmp_path / "base")
+    data = tiny_recipe(model={"name": "zoo_vit_micro_p4", "pretrained": f"local-dir:{folder}", "reset_head": False},
+                       growth={"stages": [{"step": 0, "depth": 4, "depth_op": "zero"}]})  # fmt: skip
+    recipe = recipe_from_dict(data)
+    model = build_model(recipe, build_datasets("fashion-mnist", train_subset=16, test_subset=16))
+    apply_structure(model, StagePlan.from_recipe(recipe, 8), 0)
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert len(model.blocks) == 4
+        torch.testing.assert_close(model.eval()(x), base(x), rtol=1e-5, atol=1e-6)

@@ -92,7 +92,8 @@ def _check_growth(g: GrowthConfig, total: int | None, err) -> None:
                 if st.step is not None:
                     msg = f"growth.{key} solves the stage boundaries: give each stage a nominal `at` fraction "
                     raise err(f"growth.stages[{i}].step", msg + "(the solver moves it to fit the budget), not a step")
-    _check_stage_starts("growth", g.stages, 1, total, err)
+    # a stage at step 0 grows the model as it is built (a loaded pretrained model before its first step)
+    _check_stage_starts("growth", g.stages, 0, total, err)
     prev_depth = None
     for i, st in enumerate(g.stages):
         if all(v is None for v in (st.depth, st.embed_dim, st.num_heads, st.mlp_hidden, st.img_size)):

@@ -265,7 +265,7 @@ class StagePlan:
         return step > 0 and self.describe(step) != self.describe(step - 1)
 
     def rewarm_steps(self) -> list[int]:
-        return self.growth_steps
+        return [s for s in self.growth_steps if s > 0]  # growth at step 0 happens before the initial warm-up
 
     def restructure(self, acc, model, optimizer, ema, step: int, recipe: Recipe):
         """Apply the stage boundary at ``step`` on the unwrapped model, rebuild the optimizer with the remapped state,
