@@ -239,3 +239,26 @@ def load_recipe_stages(name: str) -> list:
     from zoo.training.recipe_lookup import resolve_recipe_path
 
     return load_recipe(resolve_recipe_path(name)).growth.stages
+
+
+def test_grow_pretrained_suite_end_to_end_on_a_subset(tmp_path, fmnist):
+    from zoo.bench.suites import SUITES
+    from zoo.hub import load_folder
+
+    tiny = ["data.train_subset=256", "data.test_subset=256", "data.batch_size=64", "schedule.epochs=1"]
+    res = SUITES["grow-pretrained"](quick=False, out=tmp_path, seeds=[0], overrides=tiny)
+    assert res["headline_arm"] == "grown" and res["base_model"] == "zoo_vit_micro_conv_p4.fmnist"
+    assert {a["arm"] for a in res["arms"]} == {"scratch", "grown"}
+    acc = {a["arm"]: a["acc"]["mean"] for a in res["arms"]}
+    wall = {a["arm"]: a["wall_clock_s"]["mean"] for a in res["arms"]}
+    assert res["time_ratio"] == pytest.approx(wall["grown"] / wall["scratch"])
+    assert res["acc_delta"] == pytest.approx(100 * (acc["grown"] - acc["scratch"]))
+    assert res["acc_vs_base"] == pytest.approx(100 * acc["grown"] - res["base_acc_pct"])
+    assert 50 < res["base_acc_pct"] <= 100  # the published model, evaluated on the same 256 test images
+    # both arms end as the same architecture: the baseline's, at twice its depth
+    runs = tmp_path / "runs"
+    grown, scratch = (load_folder(runs / arm / "seed0" / "model") for arm in ("grown", "scratch"))
+    assert len(grown.blocks) == len(scratch.blocks) == 8
+    assert sorted(grown.state_dict()) == sorted(scratch.state_dict())
+    with pytest.raises(ValueError, match="val_split"):
+        SUITES["grow-pretrained"](quick=False, out=tmp_path / "v", seeds=[0], overrides=[*tiny, "data.val_split=500"])

@@ -1,6 +1,11 @@
-"""The growth suite on the tuned baseline (``growth-baseline``): the dense baseline recipe at its full schedule, a
-growth recipe derived from it (same data, epochs, augmentation), and the compute-matched dense control the literature
-asks for (No Train No Gain: the baseline given the growth run's training FLOPs, its LR fully decayed in them).
+"""The growth suites on the tuned baseline.
+
+``growth-baseline``: the dense baseline recipe at its full schedule, a growth recipe derived from it (same data,
+epochs, augmentation), and the compute-matched dense control the literature asks for (No Train No Gain: the baseline
+given the growth run's training FLOPs, its LR fully decayed in them).
+
+``grow-pretrained``: the second user path, the published baseline grown into a bigger model while fine-tuning,
+against that bigger model trained from scratch with the tuned recipe (bert2BERT / LiGO / G_stack's comparison).
 
 The older ``growth`` / ``growth-long`` suites measure growth on the 16-token ``fmnist_micro_dense`` model; this one
 measures it against ``fmnist_baseline``, the reference every other comparison of the zoo uses. No arm overrides the
@@ -17,6 +22,7 @@ from zoo.bench.report import arms_report
 from zoo.bench.runner import Arm, run_arms
 from zoo.bench.suites.baseline import BASELINE_RECIPE
 from zoo.bench.suites.growth import compute_fraction, control_arm
+from zoo.training.evaluation import evaluate_source
 from zoo.training.recipe import load_recipe
 from zoo.training.recipe_lookup import resolve_recipe_path
 
@@ -61,3 +67,40 @@ def growth_baseline_suite(
 
 def _recipe_epochs(name: str) -> float:
     return float(load_recipe(resolve_recipe_path(name)).schedule.epochs)
+
+
+# ------------------------------------------------------------------------------------------- grow-pretrained
+#: the published baseline grown while fine-tuning, and the same final architecture trained from scratch with the
+#: tuned recipe at its full schedule (schedules/)
+GROWN_RECIPE = "fmnist_baseline_grown"
+SCRATCH_RECIPE = "fmnist_baseline_d8"
+
+
+@suite("grow-pretrained")
+def grow_pretrained_suite(
+    quick: bool, out: Path, seeds: list[int], allow_mismatch: bool = False, overrides: list[str] | None = None
+) -> dict:
+    """Grow the published baseline into a bigger model (``GROWN_RECIPE``; its clock starts from the published
+    weights) vs that architecture trained from scratch (``SCRATCH_RECIPE``). Headline keys: ``time_ratio`` (grown
+    wall-clock over scratch wall-clock, means over seeds), ``acc_delta`` (grown minus scratch, points) and
+    ``acc_vs_base`` (grown minus the published model it started from, evaluated here on the same split, points).
+    ``--quick``: a 10k-image subset, 1 epoch each, one seed (checks the path, not the goals)."""
+
+    overrides = list(overrides or [])
+    if quick:
+        overrides, seeds = ["data.train_subset=10000", "schedule.epochs=1", *overrides], seeds[:1]
+    grown = load_recipe(resolve_recipe_path(GROWN_RECIPE), overrides)
+    d = grown.data
+    if d.val_split is not None:  # the published model was trained on those images: no fair comparison with it
+        raise ValueError("zoo bench grow-pretrained: data.val_split: the published base model saw the training set")
+    base = evaluate_source(grown.model.pretrained, d.name, path=d.path, batch_size=d.eval_batch_size,
+                           classes=d.classes, test_subset=d.test_subset)  # fmt: skip
+    arms = [Arm("scratch", SCRATCH_RECIPE), Arm("grown", GROWN_RECIPE)]
+    records = run_arms(arms, seeds, out / "runs", overrides, allow_mismatch)
+    acc, wall = mean_by_arm(records, "acc"), mean_by_arm(records, "wall_clock_s")
+    res: dict = {"headline_arm": "grown", "base_model": grown.model.pretrained, "base_acc_pct": 100 * base["acc"]}
+    res.update(arms_report(records, "scratch", out, target_acc=acc["scratch"]))
+    res["time_ratio"] = wall["grown"] / wall["scratch"]
+    res["acc_delta"] = 100 * (acc["grown"] - acc["scratch"])
+    res["acc_vs_base"] = 100 * (acc["grown"] - base["acc"])
+    return res
