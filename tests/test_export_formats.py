@@ -66,3 +66,76 @@ def test_patch_dropout_drops_patch_tokens_in_training_only_and_survives_a_folder
     save_model_folder(model, tmp_path / "m")
     loaded = load_model(f"local-dir:{tmp_path / 'm'}")
     assert loaded.model_args["patch_drop_rate"] == 0.5
+
+
+# ---------------------------------------------------------------------------------------------------------- ONNX
+ONNX_CASES = {**CASES, "merging": ("zoo_vit_micro_conv_p4", {"merging": {"r": 8}})}
+
+
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, marks=[] if c == "routed" else pytest.mark.slow) for c in ONNX_CASES]
+)  # the routed case (top-k gathers, the hardest graph) runs by default; every family in the slow suite
+def test_onnx_export_matches_eager_at_any_batch_size(case, tmp_path):
+    from zoo.publish.onnx_export import export_onnx
+
+    model, _ = model_and_input(*ONNX_CASES[case])
+    with torch.no_grad():  # a trained router: a fresh one scores every token alike, and top-k ties break differently
+        for name, p in model.named_parameters():
+            if ".router." in name:
+                p.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(2))
+    record = export_onnx(model, tmp_path / "m.onnx")  # checks batches 1 and 3 in ONNX Runtime (exported at 2)
+    assert record["max_abs_diff"] <= 1e-4 and record["opset"] >= 17
+    assert (record["input"], record["output"]) == ("pixel_values", "logits")
+
+
+def test_onnx_check_catches_a_file_that_does_not_match_the_model(tmp_path):
+    from zoo.publish.onnx_export import OnnxExportError, check_onnx, export_onnx
+
+    model, _ = model_and_input("zoo_vit_micro_p7", {})
+    export_onnx(model, tmp_path / "m.onnx", check=False)
+    with torch.no_grad():
+        model.head.bias.add_(1.0)  # the eager model moves on; the file does not
+    with pytest.raises(OnnxExportError, match="differs from the eager model by 1"):
+        check_onnx(model, tmp_path / "m.onnx")
+
+
+def test_onnx_without_the_extra_is_a_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    from zoo.publish.onnx_export import OnnxExportError, export_onnx
+
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed
+    model, _ = model_and_input("zoo_vit_micro_p7", {})
+    with pytest.raises(OnnxExportError, match=r"pip install 'growzoo\[onnx\]'"):
+        export_onnx(model, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_zoo_onnx_command_writes_a_checked_file_and_never_overwrites(tmp_path, capsys):
+    from zoo.cli.main import main
+
+    out = tmp_path / "m.onnx"
+    assert main(["onnx", "zoo_vit_micro_p7.fmnist", str(out)]) == 0
+    assert "ONNX Runtime matches eager" in capsys.readouterr().out and out.stat().st_size > 0
+    before = out.read_bytes()
+    assert main(["onnx", "zoo_vit_micro_p7.fmnist", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err and out.read_bytes() == before
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_zoo_export_onnx_adds_the_checked_file_to_the_hub_folder(tmp_path, fmnist):
+    import json
+
+    import yaml
+    from conftest import tiny_recipe
+
+    from zoo.cli.main import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(schedule={"steps": 2})))
+    assert main(["train", str(recipe), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    out = tmp_path / "folder"
+    assert main(["export", str(tmp_path / "run"), str(out), "--onnx", "--profile-iters", "1"]) == 0
+    record = json.loads((out / "onnx.json").read_text())
+    assert record["path"] == "model.onnx" and record["max_abs_diff"] <= 1e-4
+    assert (out / "model.onnx").stat().st_size > 0 and "model.onnx" in (out / "README.md").read_text()

@@ -1,5 +1,6 @@
 """Publishing subcommands: ``zoo export RUN_DIR OUT_DIR`` (a hub-ready folder with a generated model card, built by
-``zoo.publish.export``), ``zoo push FOLDER ORG/NAME`` (upload with ``huggingface_hub.HfApi``) and ``zoo reproduce
+``zoo.publish.export``; ``--onnx`` adds a checked ``model.onnx``), ``zoo onnx SOURCE OUT`` (any zoo model as ONNX,
+``zoo.publish.onnx_export``), ``zoo push FOLDER ORG/NAME`` (upload with ``huggingface_hub.HfApi``) and ``zoo reproduce
 FOLDER`` (re-run a card's recipe and compare with the card; the logic is in ``zoo.publish.reproduce``).
 
 Each command imports the library it runs when it runs, so ``zoo --help`` answers without loading torch.
@@ -26,12 +27,37 @@ def cmd_export(args: argparse.Namespace) -> int:
         profile_batch=args.profile_batch,
         profile_iters=args.profile_iters,
         profile_file=args.profile_json,
+        onnx=args.onnx,
     )
     acc = json.loads((out / "result.json").read_text())["final_acc"]
     print(f"exported {args.run_dir} -> {out} (top-1 {acc * 100:.2f}%; card: {out / 'README.md'})")
     print(f"load it: import zoo, timm; timm.create_model('local-dir:{out}', pretrained=True)")
     if not args.repo_id:
         print("the card's usage names hf-hub:ORG/NAME; re-export with --repo-id ORG/NAME before `zoo push`")
+    return 0
+
+
+def cmd_onnx(args: argparse.Namespace) -> int:
+    from zoo.hub import load_model
+    from zoo.publish.onnx_export import export_onnx
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        print(f"error: {out} exists (use --force to replace it)", file=sys.stderr)
+        return 2
+    if not out.parent.is_dir():
+        print(f"error: {out.parent} is not a folder", file=sys.stderr)
+        return 2
+    # written beside the target, then renamed: a failed export leaves an existing file as it was
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        record = export_onnx(load_model(args.source), tmp, check=not args.no_check)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    diff = record["max_abs_diff"]
+    checked = "not checked" if diff is None else f"ONNX Runtime matches eager to {diff:.2g}"
+    print(f"wrote {out} (opset {record['opset']}, input {record['input']!r} of any batch size; {checked})")
     return 0
 
 
@@ -106,7 +132,19 @@ def register(sub) -> None:
         metavar="FILE",
         help="use this `zoo profile --json` measurement instead of measuring now",
     )
+    s.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also write model.onnx (dynamic batch), checked against the weights in ONNX Runtime (extra: onnx)",
+    )
     s.set_defaults(fn=cmd_export)
+
+    s = sub.add_parser("onnx", help="write any zoo model (tag, local-dir:, hf-hub:) as ONNX, checked in ONNX Runtime")
+    s.add_argument("source", help="what `zoo eval` takes: a published tag, local-dir:FOLDER or hf-hub:ORG/NAME")
+    s.add_argument("out", help="the .onnx file to write")
+    s.add_argument("--force", action="store_true", help="replace an existing file")
+    s.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison")
+    s.set_defaults(fn=cmd_onnx)
 
     s = sub.add_parser("push", help="upload an exported folder to the Hugging Face hub (token from HF_TOKEN)")
     s.add_argument("folder")

@@ -24,6 +24,7 @@ from zoo.data.fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FA
 from zoo.hub import WEIGHTS_NAME, load_folder, read_metadata, save_model_folder, weights_hash
 from zoo.measure.profile import profile_model
 from zoo.models.pretrained import published_repo_of
+from zoo.publish.onnx_export import export_onnx
 from zoo.publish.card import PLACEHOLDER_REPO, PLOT_NAME, CardInputs, render_card, structure_events, training_series
 from zoo.publish.per_class import CONFUSION_PLOT, PER_CLASS_FILE, evaluate_per_class, plot_confusion
 from zoo.training.recipe import recipe_from_dict
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 COPIED_FILES = (RECIPE_FILE, RESULT_FILE, MANIFEST_FILE, METRICS_FILE)
+ONNX_NAME = "model.onnx"
 
 
 # the export's input errors are run-folder file errors: one error type, naming the file and the field
@@ -237,8 +239,11 @@ def export_run(
     profile_batch: int | None = None,
     profile_iters: int = 5,
     profile_file: str | Path | None = None,
+    onnx: bool = False,
 ) -> Path:
-    """Write the hub-ready folder for a finished run (built in a temporary sibling folder, then renamed)."""
+    """Write the hub-ready folder for a finished run (built in a temporary sibling folder, then renamed); with
+    ``onnx`` also ``model.onnx``, checked against the exported weights in ONNX Runtime (``zoo.publish.onnx_export``).
+    """
     from huggingface_hub.utils import validate_repo_id
 
     run_dir, out = Path(run_dir), Path(out_dir)
@@ -277,6 +282,10 @@ def export_run(
             print(f"export: profiling {run.model.__class__.__name__} (FLOPs, memory, img/s) ...", file=sys.stderr)
             prof = measure_profile(run.model, profile_batch, profile_iters)
         (tmp / "profile.json").write_text(json.dumps(prof, indent=2, default=str) + "\n")
+        if onnx:  # from the round-tripped folder's model: the file holds what the folder's weights compute
+            print(f"export: writing {ONNX_NAME} and checking it in ONNX Runtime ...", file=sys.stderr)
+            onnx_record = export_onnx(exported, tmp / ONNX_NAME)
+            (tmp / "onnx.json").write_text(json.dumps(onnx_record | {"path": ONNX_NAME}, indent=2) + "\n")
         per_class, confusion_plot = write_per_class(run, tmp, name)
         config = json.loads((tmp / "config.json").read_text())
         recipe = run.recipe.to_dict()
