@@ -125,6 +125,9 @@ class TrainConfig(Section):
     tracker: str | None = None  # tensorboard | wandb | trackio | ...
     grad_checkpointing: Literal["full", "selective"] | None = None
     checkpoint_every_k_blocks: Count = 1
+    # torch.compile the model through Accelerate's TorchDynamo plugin with this backend (inductor: fused kernels;
+    # aot_eager: the graph capture without code generation, for debugging); None: eager
+    compile: Literal["inductor", "aot_eager", "eager"] | None = None
 
 
 class RoutingConfig(Section):

@@ -67,6 +67,12 @@ def model_input_shape(recipe: Recipe) -> tuple[int | None, int | None]:
     return args.get("in_chans", c), args.get("img_size", s)
 
 
+def unwrapped(acc, model: nn.Module) -> nn.Module:
+    """The model itself, out of DDP and out of torch.compile's wrapper (whose parameter names carry ``_orig_mod.``:
+    growth maps and optimizer state are keyed by the model's own names)."""
+    return acc.unwrap_model(model, keep_torch_compile=False)
+
+
 def build_model(recipe: Recipe, bundle) -> nn.Module:
     """The recipe's model for the data in ``bundle``, with the recipe's activation-checkpointing policy applied."""
     model = _build_model(recipe, bundle)
@@ -271,7 +277,7 @@ class StagePlan:
         """Apply the stage boundary at ``step`` on the unwrapped model, rebuild the optimizer with the remapped state,
         and re-prepare (a new DDP wrapper: new or newly trainable parameters must be registered with it)."""
 
-        raw = acc.unwrap_model(model)
+        raw = unwrapped(acc, model)
         old_opt = getattr(optimizer, "optimizer", optimizer)
         state = optimizer_state_by_name(old_opt, raw)
         if self.growth_stage(step) > self.grown:

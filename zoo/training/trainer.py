@@ -51,6 +51,7 @@ from zoo.training.stage_plan import (
     build_optimizer,
     model_input_shape,
     set_step_values,
+    unwrapped,
 )
 from zoo.utils.manifest import collect_manifest, cpu_capability, recipe_hash, write_json_atomic
 
@@ -312,7 +313,7 @@ class Trainer:
         """Forward and backward of every micro-batch, clipping, the non-finite check, the optimizer and EMA update."""
         recipe, acc, model = self.recipe, self.acc, self.model
         d = recipe.data
-        set_step_values(acc.unwrap_model(model), self.plan, self.step)
+        set_step_values(unwrapped(acc, model), self.plan, self.step)
         if self.ema is not None:  # the EMA copy is what is evaluated and exported: the same capacity as the model
             set_step_values(self.ema.module, self.plan, self.step)
         sch = recipe.schedule
@@ -328,7 +329,7 @@ class Trainer:
         for m, (x, y, gen) in enumerate(micro_batches):
             x = normalize(random_crop_flip(x, gen, d.crop_pad, d.flip), self.bundle.mean, self.bundle.std)
             x, target = self.batch_augment(x, y, gen)  # random erasing, Mixup / CutMix (soft targets) when set
-            x = fit_resolution(x, acc.unwrap_model(model).model_args["img_size"])
+            x = fit_resolution(x, unwrapped(acc, model).model_args["img_size"])
             sync = acc.no_sync(model) if m < n - 1 else contextlib.nullcontext()
             with sync:
                 logits = model(x)
@@ -357,7 +358,7 @@ class Trainer:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             if self.ema is not None:
-                self.ema.update(acc.unwrap_model(model), step=self.step)
+                self.ema.update(unwrapped(acc, model), step=self.step)
         self.step += 1
         self.bar.update(1)
 
@@ -368,13 +369,13 @@ class Trainer:
         step = self.step
         if step in self.check_at:  # adaptive freezing: the lowest trainable group, if it stopped changing
             group = self.plan.trainable_from(step, self.plan.groups)
-            if self.monitor.should_freeze(self.acc.unwrap_model(self.model), group):
+            if self.monitor.should_freeze(unwrapped(self.acc, self.model), group):
                 self.plan.adaptive_freezes.append(step)
         if self.plan.changes_at(step) and step < self.total:
             self.model, self.optimizer, self.ema = self.plan.restructure(
                 self.acc, self.model, self.optimizer, self.ema, step, self.recipe
             )
-            check_ranks_identical(self.acc, self.acc.unwrap_model(self.model), f"stage boundary at step {step}")
+            check_ranks_identical(self.acc, unwrapped(self.acc, self.model), f"stage boundary at step {step}")
             self.log.write({"step": step, "event": self.plan.describe(step), "loss_before": float(self.loss)})
             self.after_event = True
         elif self.after_event:
@@ -438,9 +439,9 @@ class Trainer:
         """The evaluated weights as a hub folder (carrying the data's normalisation and labels) and ``result.json``."""
         acc, recipe, bundle = self.acc, self.recipe, self.bundle
         self.bar.close()
-        check_ranks_identical(acc, acc.unwrap_model(self.model), "end of training")
+        check_ranks_identical(acc, unwrapped(acc, self.model), "end of training")
         wall = self.elapsed()
-        final_model = self.ema.module if self.ema is not None else acc.unwrap_model(self.model)
+        final_model = self.ema.module if self.ema is not None else unwrapped(acc, self.model)
         # The trained weights are new weights: what named the weights it started from (a published tag, hub id or
         # URL) no longer describes them, and the input is the data's.
         inherited = {k: v for k, v in getattr(final_model, "pretrained_cfg", {}).items() if k not in PARENT_WEIGHT_KEYS}
@@ -508,6 +509,8 @@ def make_accelerator(recipe: Recipe, out: Path, precision: str) -> Accelerator:
         dataloader_config=dl_cfg,
         log_with=recipe.train.tracker,
         project_dir=str(out),
+        # Accelerate compiles in `prepare`, so every re-prepare after a stage boundary compiles the new structure
+        dynamo_backend=(recipe.train.compile or "no").upper(),
     )
     if recipe.train.tracker and not acc.log_with:  # Accelerate drops a tracker that is not installed with a warning
         raise RecipeError(
