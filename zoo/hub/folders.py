@@ -259,6 +259,13 @@ def load_folder(folder: str | Path, **overrides) -> nn.Module:
     return model
 
 
+def hub_offline(constants) -> bool:
+    """huggingface_hub's offline switch: ``constants.is_offline_mode()`` since 1.x (it follows the environment), the
+    ``HF_HUB_OFFLINE`` constant read at import before (the declared minimum, 0.26, has only that)."""
+    check = getattr(constants, "is_offline_mode", None)
+    return bool(check() if check is not None else constants.HF_HUB_OFFLINE)
+
+
 def hub_folder(repo_id: str, revision: str | None = None) -> Path:
     """Download (or find in the cache, offline) a hub repo's config and weights; returns the local snapshot folder.
 
@@ -268,7 +275,7 @@ def hub_folder(repo_id: str, revision: str | None = None) -> Path:
     from huggingface_hub.errors import EntryNotFoundError, HFValidationError, LocalEntryNotFoundError
 
     source = f"hf-hub:{repo_id}" + (f"@{revision}" if revision else "")
-    offline = constants.is_offline_mode()
+    offline = hub_offline(constants)
     try:
         cfg = Path(hf_hub_download(repo_id, CONFIG_NAME, revision=revision))
         hf_hub_download(repo_id, WEIGHTS_NAME, revision=cfg.parent.name)
@@ -385,7 +392,7 @@ def push_folder(
     load_folder(folder)  # a ModelLoadError names the broken file
     if not (folder / "README.md").is_file():
         raise PublishError(str(folder / "README.md"), "<file>", "no model card: write the folder with `zoo export`")
-    if constants.is_offline_mode() or _env_true("HF_HUB_OFFLINE"):
+    if hub_offline(constants) or _env_true("HF_HUB_OFFLINE"):
         raise PublishError(f"hf-hub:{repo_id}", "HF_HUB_OFFLINE", "offline mode is set: cannot upload; unset it")
     token = get_token() or os.environ.get("HUGGING_FACE_HUB_TOKEN")
     if not token:

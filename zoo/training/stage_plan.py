@@ -70,7 +70,8 @@ def model_input_shape(recipe: Recipe) -> tuple[int | None, int | None]:
 def unwrapped(acc, model: nn.Module) -> nn.Module:
     """The model itself, out of DDP and out of torch.compile's wrapper (whose parameter names carry ``_orig_mod.``:
     growth maps and optimizer state are keyed by the model's own names)."""
-    return acc.unwrap_model(model, keep_torch_compile=False)
+    model = acc.unwrap_model(model)  # Accelerate >= 1.4 keeps the compiled wrapper by default, earlier ones drop it
+    return getattr(model, "_orig_mod", model)
 
 
 def build_model(recipe: Recipe, bundle) -> nn.Module:
