@@ -45,6 +45,7 @@ __all__ = [
     "WindowAttention",
     "build_attention",
     "check_routing",
+    "no_self_mask",
     "reduce_patch_tokens",
     "resolve_attn_args",
     "window_grid",
@@ -139,6 +140,12 @@ class Attention(nn.Module):
         k = self._heads(F.linear(x[:, num_prefix_tokens:], w_k, b_k))  # B, H, Np, Dh
         attn = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)  # B, H, 1, Np
         return attn.softmax(dim=-1).mean(dim=1).squeeze(1)
+
+
+def no_self_mask(n: int, device: torch.device) -> torch.Tensor | None:
+    """SDPA's boolean mask for attention without a token attending to itself; None for a lone token (a row with
+    every key masked would be NaN)."""
+    return None if n == 1 else ~torch.eye(n, dtype=torch.bool, device=device)
 
 
 def _check_tokens(name: str, n: int, grid_size: tuple[int, int], num_prefix_tokens: int) -> None:
@@ -417,8 +424,7 @@ class SharedQKAttention(Attention):
         B, N, _ = x.shape
         qk, v = self.qkv(x).view(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         k = F.normalize(qk, dim=-1)
-        # no self-attention, except for a lone token (a row with every key masked would be NaN)
-        mask = None if N == 1 else ~torch.eye(N, dtype=torch.bool, device=x.device)
+        mask = no_self_mask(N, x.device)
         x = F.scaled_dot_product_attention(qk, k, v, attn_mask=mask, dropout_p=self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, self.attn_dim)))
 
@@ -467,7 +473,7 @@ class LocalitySelfAttention(Attention):
         q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         # the learned scale is applied to q (SDPA's own ``scale`` must be a Python float, which autograd cannot reach)
         q = q * self.log_scale.exp()
-        mask = None if N == 1 else ~torch.eye(N, dtype=torch.bool, device=x.device)  # a lone token keeps itself
+        mask = no_self_mask(N, x.device)
         x = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.attn_drop if self.training else 0.0, scale=1.0
         )
