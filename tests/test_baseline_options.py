@@ -140,6 +140,7 @@ def test_existing_recipe_hashes_survive_the_added_fields():
             "data.auto_augment": "rand-m9-mstd0.5", "data.reprob": 0.25, "data.remode": "const",
             "data.mixup": 0.8, "data.cutmix": 1.0, "data.mix_prob": 0.5, "data.mix_switch_prob": 0.3,
             "unfreeze.anneal_lr": True, "unfreeze.check_every": 0.1, "unfreeze.threshold": 0.05,
+            "train.compile": "inductor",
         }  # fmt: skip
         # a field of an optional section is compared within that section (the section itself changes the hash)
         context = {"unfreeze": {"mode": "freezeout"}}.get(section, {})
