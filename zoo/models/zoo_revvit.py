@@ -443,7 +443,8 @@ class ZooRevViT(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Both streams through ``blocks``: reversible backward when a graph is needed, a plain loop otherwise."""
         params = [p for blk in blocks for p in blk.parameters() if p.requires_grad]
-        needs_graph = torch.is_grad_enabled() and (bool(params) or x1.requires_grad or x2.requires_grad)
+        # len(), not bool(): torch.export in torch 2.5 cannot trace bool() of a list
+        needs_graph = torch.is_grad_enabled() and (len(params) > 0 or x1.requires_grad or x2.requires_grad)
         if needs_graph and len(blocks) and not self.use_vanilla_backward:
             return RevStackFunction.apply(x1, x2, blocks, *params)
         # no graph (eval/inference: cheaper, no RNG bookkeeping) or the vanilla reference: ordinary autograd
