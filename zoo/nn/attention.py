@@ -138,8 +138,12 @@ class Attention(nn.Module):
         b_q, b_k = (None, None) if self.qkv.bias is None else self.qkv.bias.split([A, A, A])[:2]
         q = self._heads(F.linear(x[:, :1], w_q, b_q))  # B, H, 1, Dh
         k = self._heads(F.linear(x[:, num_prefix_tokens:], w_k, b_k))  # B, H, Np, Dh
-        attn = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)  # B, H, 1, Np
+        attn = (q * self.score_scale()) @ k.transpose(-2, -1)  # B, H, 1, Np
         return attn.softmax(dim=-1).mean(dim=1).squeeze(1)
+
+    def score_scale(self) -> float | torch.Tensor:
+        """The factor of q.k in the softmax: ``head_dim ** -0.5`` (LSA learns its own)."""
+        return self.head_dim**-0.5
 
 
 def no_self_mask(n: int, device: torch.device) -> torch.Tensor | None:
@@ -472,23 +476,17 @@ class LocalitySelfAttention(Attention):
         B, N, _ = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         # the learned scale is applied to q (SDPA's own ``scale`` must be a Python float, which autograd cannot reach)
-        q = q * self.log_scale.exp()
+        q = q * self.score_scale()
         mask = no_self_mask(N, x.device)
         x = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.attn_drop if self.training else 0.0, scale=1.0
         )
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, self.attn_dim)))
 
-    def cls_attention(self, x: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
-        """Head-averaged attention of the CLS query to the patch keys at the learned temperature (the CLS token is
-        not a patch key, so no self-mask is needed)."""
-        A = self.attn_dim
-        w_q, w_k, _ = self.qkv.weight.split([A, A, A])
-        b_q, b_k = (None, None) if self.qkv.bias is None else self.qkv.bias.split([A, A, A])[:2]
-        q = self._heads(F.linear(x[:, :1], w_q, b_q))
-        k = self._heads(F.linear(x[:, num_prefix_tokens:], w_k, b_k))
-        attn = (q * self.log_scale.exp()) @ k.transpose(-2, -1)
-        return attn.softmax(dim=-1).mean(dim=1).squeeze(1)
+    def score_scale(self) -> torch.Tensor:
+        """The learned temperature (also what ``cls_attention``, inherited, scores with; the CLS token is not a patch
+        key, so no self-mask is needed there)."""
+        return self.log_scale.exp()
 
 
 #: ``attn_type`` -> class. All share Attention's constructor plus ``grid_size``, ``num_prefix_tokens`` and ``options``.
