@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from zoo.measure.steps import random_batch
+
 #: the check's tolerance on the largest absolute logit difference (fp32 kernels differ in summation order)
 ONNX_ATOL = 1e-4
 
@@ -28,15 +30,6 @@ INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
 
 class OnnxExportError(ValueError):  # the CLI reports ValueErrors as one line and exit 2
     """The export or its check failed (the message says which, and how far the outputs differ)."""
-
-
-def example_input(model: torch.nn.Module, batch: int, seed: int = 0) -> torch.Tensor:
-    """A random normalized batch of the model's input shape (``model_args`` ``in_chans`` and ``img_size``)."""
-    args = getattr(model, "model_args", {})
-    size = args.get("img_size", 224)
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, args.get("in_chans", 3), h, w, generator=g)
 
 
 def export_onnx(model: torch.nn.Module, path: str | Path, check: bool = True, quiet: bool = True) -> dict:
@@ -61,7 +54,7 @@ def export_onnx(model: torch.nn.Module, path: str | Path, check: bool = True, qu
         raise OnnxExportError(f"ONNX export needs the onnx extra: pip install 'growzoo[onnx]' ({e})") from e
     model = model.eval()
     path = Path(path)
-    x = example_input(model, 2)
+    x, _ = random_batch(model, 2)
     batch = torch.export.Dim("batch", min=1)
     sink = contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext()
     try:
@@ -92,8 +85,8 @@ def check_onnx(model: torch.nn.Module, path: str | Path, batches: tuple[int, ...
         raise OnnxExportError(f"checking {path} needs onnxruntime: pip install 'growzoo[onnx]' ({e})") from e
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst = 0.0
-    for i, b in enumerate(batches):
-        x = example_input(model, b, seed=1 + i)
+    for b in batches:
+        x, _ = random_batch(model, b)
         with torch.no_grad():
             ref = model(x).float()
         got = torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
