@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -33,3 +35,31 @@ def tiny_recipe(**sections) -> dict:
         else:
             base[key] = value
     return base
+
+
+# the Hugging Face dataset of the data tests: the first images of each Fashion-MNIST split
+HF_TRAIN, HF_TEST = 512, 128
+
+
+@pytest.fixture(scope="session")
+def hf_fmnist(tmp_path_factory, fmnist) -> dict[str, Path]:
+    """The first 512 / 128 Fashion-MNIST images as a Hugging Face dataset, in both local forms a user has: a
+    ``save_to_disk`` folder and a folder of Parquet files (what a hub dataset repo holds)."""
+    import datasets
+    from PIL import Image
+
+    from zoo.data.fashion_mnist import FASHION_MNIST_CLASSES
+
+    root = tmp_path_factory.mktemp("hf")
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=FASHION_MNIST_CLASSES)})
+    splits = {}
+    for split, n in (("train", HF_TRAIN), ("test", HF_TEST)):
+        x, y = fmnist[f"{split}_x"][:n], fmnist[f"{split}_y"][:n]
+        rows = {"image": [Image.fromarray(img[0].numpy()) for img in x], "label": y.tolist()}
+        splits[split] = datasets.Dataset.from_dict(rows, features=features)
+    dd = datasets.DatasetDict(splits)
+    dd.save_to_disk(str(root / "saved"))
+    (root / "parquet" / "data").mkdir(parents=True)
+    for split, ds in dd.items():
+        ds.to_parquet(str(root / "parquet" / "data" / f"{split}-00000-of-00001.parquet"))
+    return {"saved": root / "saved", "parquet": root / "parquet"}

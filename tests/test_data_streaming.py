@@ -16,6 +16,8 @@ import pytest
 import torch
 import yaml
 from accelerate.data_loader import prepare_data_loader
+from conftest import HF_TEST as N_TEST
+from conftest import HF_TRAIN as N_TRAIN
 from conftest import tiny_recipe
 from safetensors.torch import load_file
 from test_kill_resume import finish, start, wait_for_step
@@ -26,30 +28,6 @@ from zoo.data.fashion_mnist import FASHION_MNIST_CLASSES
 from zoo.data.pipeline import make_loader
 from zoo.training.recipe import RecipeError, recipe_from_dict
 from zoo.training.trainer import train
-
-N_TRAIN, N_TEST = 512, 128
-
-
-@pytest.fixture(scope="module")
-def hf_fmnist(tmp_path_factory, fmnist) -> dict[str, Path]:
-    """The first 512 / 128 Fashion-MNIST images as a Hugging Face dataset, in both local forms a user has: a
-    ``save_to_disk`` folder and a folder of Parquet files (what a hub dataset repo holds)."""
-    import datasets
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("hf")
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=FASHION_MNIST_CLASSES)})
-    splits = {}
-    for split, n in (("train", N_TRAIN), ("test", N_TEST)):
-        x, y = fmnist[f"{split}_x"][:n], fmnist[f"{split}_y"][:n]
-        rows = {"image": [Image.fromarray(img[0].numpy()) for img in x], "label": y.tolist()}
-        splits[split] = datasets.Dataset.from_dict(rows, features=features)
-    dd = datasets.DatasetDict(splits)
-    dd.save_to_disk(str(root / "saved"))
-    (root / "parquet" / "data").mkdir(parents=True)
-    for split, ds in dd.items():
-        ds.to_parquet(str(root / "parquet" / "data" / f"{split}-00000-of-00001.parquet"))
-    return {"saved": root / "saved", "parquet": root / "parquet"}
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:

@@ -107,6 +107,16 @@ def test_accelerate_launch_precision_that_the_recipe_overrides_is_warned(tmp_pat
         assert main(["train", str(recipe), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
 
 
+def test_accelerate_launch_compile_backend_that_the_recipe_overrides_is_warned(tmp_path, monkeypatch, fmnist):
+    import pytest
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(schedule={"steps": 1})))
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "INDUCTOR")
+    with pytest.warns(UserWarning, match="overridden by the recipe's train.compile"):
+        assert main(["train", str(recipe), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+
+
 def test_profile_accepts_auto_precision_as_recipes_do(capsys):
     assert main(["profile", "zoo_vit_micro_p7", "--precision", "auto", "--iters", "1", "--batch", "4", "--json"]) == 0
     out, err = capsys.readouterr()

@@ -18,7 +18,8 @@ def _profile_target(name: str, img_size: int | None):
 
         recipe = load_recipe(resolve_recipe_path(name))
         d = recipe.data
-        bundle = build_datasets(d.name, path=d.path, classes=d.classes, train_subset=64, test_subset=64)
+        bundle = build_datasets(d.name, path=d.path, classes=d.classes, train_subset=64, test_subset=64,
+                                streaming=d.streaming)  # fmt: skip
         return build_model(recipe, bundle)
     from zoo.hub import load_model
 
@@ -177,7 +178,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     recipe = load_recipe(resolve_recipe_path(args.recipe), args.set)
     d = recipe.data
     bundle = build_datasets(d.name, path=d.path, classes=d.classes, train_subset=64, test_subset=64,
-                            img_size=d.img_size, in_chans=d.in_chans)  # fmt: skip
+                            img_size=d.img_size, in_chans=d.in_chans, streaming=d.streaming)  # fmt: skip
     model = build_model(recipe, bundle)
     best, cands = plan(model, d.batch_size, cap, margin=args.margin, rounds=args.rounds)
     print(format_plan(best, cands, cap, args.margin))

@@ -5,7 +5,8 @@ normalisation statistics), each split an :class:`~zoo.data.sources.ImageSource`:
 
 * ``fashion-mnist``: the official IDX files (``zoo.data.fashion_mnist``), decoded into memory;
 * ``imagefolder:PATH``: the user's own images (``zoo.data.imagefolder``);
-* ``hf:NAME``: a Hugging Face dataset, from the hub cache or a local folder (``zoo.data.hf_datasets``).
+* ``hf:NAME``: a Hugging Face dataset, from the hub cache or a local folder (``zoo.data.hf_datasets``), or streamed
+  from the hub or local data files without a download (``streaming=True``: ``zoo.data.streaming``).
 
 Small data is fastest decoded once into memory (a batch is then one indexing op); data of any size can be decoded on
 the fly, batch by batch in DataLoader workers. Image folders and Hugging Face datasets are decoded into memory only
@@ -26,6 +27,7 @@ from zoo.data.fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FA
 from zoo.data.hf_datasets import open_hf_dataset
 from zoo.data.imagefolder import open_imagefolder
 from zoo.data.sources import ImageSource, TensorSource, materialize
+from zoo.data.streaming import StreamSource, open_hf_stream
 
 # images whose pixel statistics normalise an image folder or Hugging Face dataset: a fixed class-balanced sample, so
 # start-up does not decode the whole set, and the in-memory and on-the-fly paths normalise identically
@@ -52,8 +54,8 @@ class DatasetBundle:
         storage: Which path the images take (in memory, or decoded on the fly) and why, for the start-up message.
     """
 
-    train: ImageSource
-    test: ImageSource
+    train: ImageSource | StreamSource
+    test: ImageSource | StreamSource
     num_classes: int
     in_chans: int
     img_size: int
@@ -82,7 +84,7 @@ class DatasetBundle:
         return self.test.labels
 
 
-def _tensor_of(source: ImageSource, split: str) -> torch.Tensor:
+def _tensor_of(source: ImageSource | StreamSource, split: str) -> torch.Tensor:
     if isinstance(source, TensorSource):
         return source.x
     raise DataError(f"the {split} split is decoded on the fly ({len(source)} images); iterate it in batches "
@@ -238,6 +240,7 @@ def build_datasets(
     image_column: str | None = None,
     label_column: str | None = None,
     progress: bool = True,
+    streaming: bool = False,
 ) -> DatasetBundle:
     """Build a :class:`DatasetBundle` from a dataset name.
 
@@ -262,6 +265,9 @@ def build_datasets(
         image_column: ``hf:`` only: the image column (default: the first ``Image`` feature).
         label_column: ``hf:`` only: the label column (default: the first ``ClassLabel`` feature).
         progress: Show a bar while decoding into memory.
+        streaming: ``hf:`` only: stream both splits (:mod:`zoo.data.streaming`) instead of reading them as
+            memory-mapped Arrow files; ``classes`` is then not available, subsets and ``val_split`` take the stream's
+            first images.
 
     Returns:
         The bundle. Without class filter or subsets the tensors are shared with the load cache: treat as read-only.
@@ -272,6 +278,9 @@ def build_datasets(
     """
     if cache not in (True, False, "auto"):
         raise DataError(f"data.cache must be true, false or auto, got {cache!r}", field="data.cache")
+    if streaming:
+        return _streamed_bundle(name, path, classes, train_subset, test_subset, img_size, in_chans, val_split, cache,
+                                image_column, label_column, progress)  # fmt: skip
     splits, class_names, mean, std = _load_source(name, path, img_size, in_chans, image_column, label_column)
     train, test = splits["train"], splits["test"]
     if mean is None or std is None:
@@ -313,3 +322,62 @@ def build_datasets(
         eval_split=eval_split,
         storage=storage,
     )
+
+
+def _streamed_bundle(
+    name, path, classes, train_subset, test_subset, img_size, in_chans, val_split, cache, image_column, label_column,
+    progress,
+) -> DatasetBundle:  # fmt: skip
+    """:func:`build_datasets` for ``streaming=True`` (same arguments)."""
+    if not (isinstance(name, str) and name.startswith("hf:")):
+        raise DataError(
+            f"data.streaming: true streams Hugging Face datasets (data.name: hf:NAME), got data.name {name!r}; an "
+            "image folder is decoded on the fly already with data.cache: false", field="data.streaming",
+        )  # fmt: skip
+    if classes is not None:
+        raise DataError("data.classes: not available with data.streaming: true (labels are read with the images, "
+                        "not held in memory to filter on); filter the dataset and save it, or stream it whole",
+                        field="data.classes")  # fmt: skip
+    if cache is True:
+        raise DataError("data.cache: true decodes the dataset into memory, data.streaming: true never does; set one",
+                        field="data.cache")  # fmt: skip
+    spec = name.removeprefix("hf:") or path
+    if not spec:
+        raise DataError("data.name 'hf:NAME' needs a hub id or folder (or data.path)", field="data.name")
+    img_size, in_chans = _required(img_size, "data.img_size"), _required(in_chans, "data.in_chans")
+    data = open_hf_stream(str(spec), img_size, in_chans, image_column, label_column, progress)
+    full, test = data["train"], data["test"]
+    # the first images of the stream, as the statistics' sample (no class balance without labels in memory)
+    sample = full.head(STATS_SAMPLE)
+    cells = (full.decode(cell) for cell, _ in sample.examples(None, 0, 0))
+    mean, std = _channel_stats(_chunks(cells, STATS_CHUNK))
+    train, eval_split = full, "test"
+    if val_split is not None:  # the stream's first images: the same for every run and seed, not class-balanced
+        _check_subset(val_split, "data.val_split")
+        if val_split >= len(full):
+            raise DataError(f"data.val_split: {val_split} would leave no training images (the split has "
+                            f"{len(full)})", field="data.val_split")  # fmt: skip
+        train, test, eval_split = full.tail(val_split), full.head(val_split), "val"
+    _check_subset(train_subset, "data.train_subset")
+    _check_subset(test_subset, "data.test_subset")
+    train = train.head(train_subset) if train_subset is not None else train
+    test = test.head(test_subset) if test_subset is not None else test
+    counted = "; sizes counted in one pass over the labels" if data["counted"] else ""
+    storage = (f"streamed (data.streaming: true): read in stream order and decoded batch by batch, never held whole "
+               f"({(train.decoded_bytes + test.decoded_bytes) / 2**20:,.1f} MB decoded){counted}")  # fmt: skip
+    return DatasetBundle(
+        train=train, test=test, num_classes=len(data["classes"]), in_chans=in_chans, img_size=img_size,
+        mean=tuple(mean), std=tuple(std), class_names=list(data["classes"]), eval_split=eval_split, storage=storage,
+    )  # fmt: skip
+
+
+def _chunks(images: Iterable[torch.Tensor], size: int) -> Iterable[torch.Tensor]:
+    """uint8 (C, H, W) images stacked ``size`` at a time."""
+    chunk = []
+    for img in images:
+        chunk.append(img)
+        if len(chunk) == size:
+            yield torch.stack(chunk)
+            chunk = []
+    if chunk:
+        yield torch.stack(chunk)

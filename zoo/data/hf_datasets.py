@@ -55,7 +55,7 @@ def _load(spec: str):
     return loaded
 
 
-def _pick_columns(features, spec: str, image_column: str | None, label_column: str | None) -> tuple[str, str]:
+def pick_columns(features, spec: str, image_column: str | None, label_column: str | None) -> tuple[str, str]:
     import datasets
 
     def first(kind, names):
@@ -112,7 +112,7 @@ def open_hf_dataset(
             field="data.name",
         )
     train = loaded["train"]
-    image_col, label_col = _pick_columns(train.features, spec, image_column, label_column)
+    image_col, label_col = pick_columns(train.features, spec, image_column, label_column)
     label_feature = train.features[label_col]
     names = getattr(label_feature, "names", None)
     splits = {}

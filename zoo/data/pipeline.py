@@ -18,6 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 from zoo.data.augment import image_seed
 from zoo.data.datasets import DatasetBundle
 from zoo.data.sources import ImageSource, TensorSource
+from zoo.data.streaming import StreamSource, make_stream_loader
+from zoo.utils import held_locks
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Batched augmentation
@@ -202,6 +204,7 @@ def make_loader(
         # augmentation draws); the start-up is small beside an epoch of decoding.
         persistent_workers=False,
         prefetch_factor=2 if num_workers > 0 else None,
+        worker_init_fn=held_locks.close_in_child,  # a killed run's workers must not keep its folder locked
     )
 
 
@@ -231,9 +234,12 @@ def measure_input_pipeline(
         Images per second.
     """
     # drop_last only when a full batch exists, so tiny datasets still yield batches instead of looping forever.
-    drop_last = len(bundle.train_y) >= batch_size
-    workers = default_workers(bundle.train, 0)
-    loader = make_loader(bundle.train, None, batch_size, shuffle=True, seed=0, drop_last=drop_last, num_workers=workers)
+    drop_last = len(bundle.train) >= batch_size
+    if isinstance(bundle.train, StreamSource):  # the training path of a stream: one worker reads and decodes
+        loader = make_stream_loader(bundle.train, batch_size, shuffle=True, seed=0, drop_last=drop_last)
+    else:
+        workers = default_workers(bundle.train, 0)
+        loader = make_loader(bundle.train, None, batch_size, True, seed=0, drop_last=drop_last, num_workers=workers)
     gen = torch.Generator().manual_seed(0)
 
     def batch_stream():

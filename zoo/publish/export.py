@@ -128,6 +128,8 @@ def data_meta(recipe, model=None) -> dict:
                 test_subset=1,
                 img_size=d.img_size or getattr(model, "model_args", {}).get("img_size"),
                 in_chans=d.in_chans or getattr(model, "model_args", {}).get("in_chans"),
+                streaming=d.streaming,
+                progress=False,
             )
         except (ValueError, OSError):
             return {}

@@ -44,7 +44,7 @@ def evaluate_per_class(model: nn.Module, recipe, batch_size: int = 512) -> dict 
     try:
         bundle = build_datasets(
             d.name, path=d.path, classes=d.classes, test_subset=d.test_subset, val_split=d.val_split,
-            train_subset=1, img_size=d.img_size, in_chans=d.in_chans,
+            train_subset=1, img_size=d.img_size, in_chans=d.in_chans, streaming=d.streaming, progress=False,
         )  # fmt: skip
     except (ValueError, OSError):
         return None

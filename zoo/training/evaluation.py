@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from zoo.data.datasets import DataError, build_datasets
 from zoo.data.pipeline import default_workers, make_loader, normalize
 from zoo.data.sources import ImageSource, TensorSource
+from zoo.data.streaming import StreamSource, make_stream_loader
 from zoo.hub import load_model
 from zoo.hub.folders import ModelLoadError, default_published_tag
 
@@ -75,10 +76,12 @@ def tensor_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterabl
         yield x[i : i + batch_size], y[i : i + batch_size]
 
 
-def split_batches(source: ImageSource, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-    """A split in order, ``batch_size`` at a time: sliced from memory, or decoded in DataLoader workers."""
+def split_batches(source: ImageSource | StreamSource, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """A split in order, ``batch_size`` at a time: sliced from memory, decoded in DataLoader workers, or streamed."""
     if isinstance(source, TensorSource):
         return tensor_batches(source.x, source.labels, batch_size)
+    if isinstance(source, StreamSource):
+        return make_stream_loader(source, batch_size, shuffle=False, seed=0, drop_last=False)
     workers = default_workers(source, 0)
     return make_loader(source, None, batch_size, shuffle=False, seed=0, drop_last=False, num_workers=workers)
 
@@ -106,10 +109,9 @@ def accuracy(
     """``evaluate`` over in-memory tensors (``x_uint8``, ``y``) or a split (``x_uint8`` an ``ImageSource``, ``y``
     None), leaving the model in eval mode (``progress``: a bar on stderr)."""
     model.eval()
-    source = x_uint8 if isinstance(x_uint8, ImageSource) else TensorSource(x_uint8, y)
-    y = source.labels
+    source = x_uint8 if isinstance(x_uint8, (ImageSource, StreamSource)) else TensorSource(x_uint8, y)
     batches = split_batches(source, batch_size)
-    bar = tqdm(batches, total=math.ceil(len(y) / batch_size), desc="eval", unit="batch", disable=not progress)
+    bar = tqdm(batches, total=math.ceil(len(source) / batch_size), desc="eval", unit="batch", disable=not progress)
     return evaluate(model, bar, mean, std, num_classes=num_classes)
 
 

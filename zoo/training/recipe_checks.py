@@ -45,6 +45,13 @@ def _check_data(d: DataConfig, t: TrainConfig, err) -> None:
         raise err("data.mixup", "Mixup / CutMix pair images within a batch: data.batch_size per step must be even")
     if d.batch_size % t.accumulation:
         raise err("train.accumulation", f"must divide data.batch_size ({d.batch_size})")
+    if d.streaming:  # zoo.data.streaming: a Hugging Face stream, whose labels are read with its images
+        if not d.name.startswith("hf:"):
+            raise err("data.streaming", f"streams Hugging Face datasets (data.name: hf:NAME), not {d.name!r}")
+        if d.classes is not None:
+            raise err("data.classes", "not available with data.streaming (no labels in memory to filter on)")
+        if d.cache is True:
+            raise err("data.cache", "true decodes the dataset into memory, data.streaming never does: set one")
 
 
 def _check_merging(recipe: RecipeSchema, err) -> None:

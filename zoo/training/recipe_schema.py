@@ -58,6 +58,10 @@ class DataConfig(Section):
     # auto = in memory when the decoded splits fit cache_max_mb
     cache: bool | Literal["auto"] = "auto"
     cache_max_mb: Annotated[Float, Field(ge=0)] = 1024.0
+    # hf: stream the dataset (read in order from the hub or local data files, never downloaded or held whole) instead
+    # of reading it as memory-mapped Arrow files; shuffled by shard order and a buffer of shuffle_buffer examples
+    streaming: bool = False
+    shuffle_buffer: Count = 10_000
     image_column: str | None = None  # hf: the image column (default: the first Image feature)
     label_column: str | None = None  # hf: the label column (default: the first ClassLabel feature)
     classes: list[int] | None = None

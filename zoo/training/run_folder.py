@@ -31,6 +31,7 @@ except ImportError:  # Windows: no advisory locks; runs are not guarded against 
     fcntl = None
 
 from zoo.training.recipe import Recipe, RecipeError, dump_recipe
+from zoo.utils import held_locks
 from zoo.utils.manifest import recipe_hash, write_json_atomic
 
 RECIPE_FILE = "recipe.yaml"
@@ -175,8 +176,10 @@ class RunFolder:
                 ) from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(os.getpid()).encode(), 0)
+            held_locks.hold(fd)  # forked DataLoader workers close their copy (zoo.utils.held_locks says why)
             yield
         finally:
+            held_locks.release(fd)
             os.close(fd)  # releases the lock; the file stays (deleting it would race with a waiting process)
 
     def prepare(self, recipe: Recipe, resume: bool, force: bool) -> bool:

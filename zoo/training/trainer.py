@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from zoo.data.augment import BatchAugment, ImageAugment
 from zoo.data.datasets import build_datasets
 from zoo.data.pipeline import default_workers, make_loader, normalize, random_crop_flip
+from zoo.data.streaming import StreamSource, make_stream_loader
 from zoo.hub import save_model_folder, weights_hash
 from zoo.measure.machine import gemm_peaks_gflops
 from zoo.training import run_checkpoints as ckpt
@@ -169,6 +170,7 @@ class Trainer:
             image_column=d.image_column,
             label_column=d.label_column,
             progress=self.progress and os.environ.get("RANK", "0") == "0",  # the Accelerator does not exist yet
+            streaming=d.streaming,
         )
         self.precision = resolve_precision(recipe, self.bundle, self.out, self.resuming)
         self.acc = make_accelerator(recipe, self.out, self.precision)
@@ -181,25 +183,41 @@ class Trainer:
                 "recipe", "data.batch_size", f"{d.batch_size} must be divisible by processes x accumulation"
             )
         b = self.bundle
-        workers = default_workers(b.train, d.num_workers)
+        self.streaming = isinstance(b.train, StreamSource)
+        workers = 1 if self.streaming else default_workers(b.train, d.num_workers)
         if self.acc.is_main_process:
-            shown = f"; {workers} DataLoader workers" if workers else ""
+            shown = f"; {workers} DataLoader worker{'s' if workers > 1 else ''}" if workers else ""
             print(f"data: {d.name}: {len(b.train)} train / {len(b.test)} {b.eval_split} images, {b.storage}{shown}")
         augment = ImageAugment(d.auto_augment, b.img_size, b.mean) if d.auto_augment else None
         self.batch_augment = BatchAugment(
             b.num_classes, recipe.train.label_smoothing, d.reprob, d.remode, d.mixup, d.cutmix, d.mix_prob,
             d.mix_switch_prob,
         )  # fmt: skip
-        loader = make_loader(
-            b.train, None, micro, shuffle=True, seed=recipe.train.seed, drop_last=True, num_workers=workers,
-            augment=augment,
-        )  # fmt: skip
-        self.train_loader = self.acc.prepare(loader)
-        eval_loader = make_loader(
-            b.test, None, d.eval_batch_size, shuffle=False, seed=0, drop_last=False,
-            num_workers=default_workers(b.test, d.num_workers),
-        )  # fmt: skip
-        self.eval_loader = self.acc.prepare(eval_loader)
+        if self.streaming:  # sharded by the stream itself, not by Accelerate (zoo.data.streaming says why)
+            shard = dict(rank=self.acc.process_index, world=self.acc.num_processes)
+            self.train_loader = make_stream_loader(
+                b.train,
+                micro,
+                shuffle=True,
+                seed=recipe.train.seed,
+                drop_last=True,
+                augment=augment,
+                buffer=d.shuffle_buffer,
+                **shard,
+            )
+            self.eval_loader = make_stream_loader(b.test, d.eval_batch_size, shuffle=False, seed=0, drop_last=False,
+                                                  **shard)  # fmt: skip
+        else:
+            loader = make_loader(
+                b.train, None, micro, shuffle=True, seed=recipe.train.seed, drop_last=True, num_workers=workers,
+                augment=augment,
+            )  # fmt: skip
+            self.train_loader = self.acc.prepare(loader)
+            eval_loader = make_loader(
+                b.test, None, d.eval_batch_size, shuffle=False, seed=0, drop_last=False,
+                num_workers=default_workers(b.test, d.num_workers),
+            )  # fmt: skip
+            self.eval_loader = self.acc.prepare(eval_loader)
         self.steps_per_epoch = len(self.train_loader) // recipe.train.accumulation
         if self.steps_per_epoch < 1:
             raise RecipeError("recipe", "data.batch_size", "larger than the training set")
@@ -296,10 +314,15 @@ class Trainer:
         acc, recipe = self.acc, self.recipe
         acc_steps = recipe.train.accumulation
         epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
-        self.train_loader.set_epoch(epoch)
-        self.train_loader.dataset.set_epoch(epoch)  # its per-image augmentation draws (Accelerate sets the sampler's)
-        loader = acc.skip_first_batches(self.train_loader, in_epoch * acc_steps) if in_epoch else self.train_loader
-        it = iter(loader)
+        if self.streaming:  # the stream passes over the batches already trained on without decoding them
+            self.train_loader.dataset.set_epoch(epoch)
+            self.train_loader.dataset.skip_batches(in_epoch * acc_steps)
+            it = ((x.to(acc.device), y.to(acc.device)) for x, y in self.train_loader)
+        else:
+            self.train_loader.set_epoch(epoch)
+            self.train_loader.dataset.set_epoch(epoch)  # its per-image augmentation draws (Accelerate: the sampler's)
+            loader = acc.skip_first_batches(self.train_loader, in_epoch * acc_steps) if in_epoch else self.train_loader
+            it = iter(loader)
         for position in range(in_epoch, self.steps_per_epoch):
             micro = []
             for m in range(acc_steps):
@@ -416,7 +439,17 @@ class Trainer:
     def run_evaluation(self) -> tuple[float, float]:
         """Accuracy and loss of the evaluated model (the EMA when the recipe keeps one) on the eval split."""
         model = self.ema.module if self.ema is not None else self.model
-        res = evaluate(model, self.eval_loader, self.bundle.mean, self.bundle.std, gather=self.acc.gather_for_metrics)
+        acc, b = self.acc, self.bundle
+        if self.streaming:  # each process holds a disjoint share of the stream (unequal by at most one batch): sum them
+            batches = ((x.to(acc.device), y.to(acc.device)) for x, y in self.eval_loader)
+            # the module itself, not the DDP wrapper, whose forward broadcasts buffers (a conv stem's BatchNorm)
+            # on every call: a process with one batch more would wait for the others
+            res = evaluate(unwrapped(acc, model), batches, b.mean, b.std)
+            totals = acc.reduce(torch.tensor([res["acc"] * res["n"], res["loss"] * res["n"], res["n"]],
+                                             dtype=torch.float64, device=acc.device), "sum").tolist()  # fmt: skip
+            res = {"acc": totals[0] / max(totals[2], 1), "loss": totals[1] / max(totals[2], 1)}
+        else:
+            res = evaluate(model, self.eval_loader, b.mean, b.std, gather=acc.gather_for_metrics)
         self.model.train()
         return res["acc"], res["loss"]
 
@@ -466,7 +499,7 @@ class Trainer:
                     "img_per_s": self.img_per_s() if self.seen else None,
                     "resumed_from": self.start_step,
                     "precision": self.precision,
-                    "test_images": len(bundle.test_y),
+                    "test_images": len(bundle.test),
                     "eval_split": bundle.eval_split,  # "val" when the recipe held out data.val_split images
                     "num_processes": acc.num_processes,
                     "cpu_capability": cpu_capability(),
@@ -499,6 +532,14 @@ def make_accelerator(recipe: Recipe, out: Path, precision: str) -> Accelerator:
             f"({precision}); use --set train.precision=... to change it",
             stacklevel=2,
         )
+    backend = (recipe.train.compile or "no").upper()
+    launched = os.environ.get("ACCELERATE_DYNAMO_BACKEND")  # what `accelerate launch --dynamo_backend` sets
+    if launched and launched.upper() != backend:  # the same rule: the recipe decides, and says so
+        warnings.warn(
+            f"accelerate launch --dynamo_backend {launched} is overridden by the recipe's train.compile "
+            f"({recipe.train.compile}); use --set train.compile=... to change it",
+            stacklevel=2,
+        )
     # Accelerate keeps one process-wide AcceleratorState and refuses a second Accelerator with another precision;
     # a process may train several runs (bench, tests), so start each from a fresh state (the process group stays)
     AcceleratorState._reset_state()
@@ -510,7 +551,7 @@ def make_accelerator(recipe: Recipe, out: Path, precision: str) -> Accelerator:
         log_with=recipe.train.tracker,
         project_dir=str(out),
         # Accelerate compiles in `prepare`, so every re-prepare after a stage boundary compiles the new structure
-        dynamo_backend=(recipe.train.compile or "no").upper(),
+        dynamo_backend=backend,
     )
     if recipe.train.tracker and not acc.log_with:  # Accelerate drops a tracker that is not installed with a warning
         raise RecipeError(

@@ -84,15 +84,21 @@ def _input_pipeline_headroom(rounds: int) -> dict:
 def _streaming_headroom(rounds: int, out: Path) -> dict:
     """The same question for images decoded on the fly: a generated folder of 256 px JPEGs (decoded, resized to
     224 px, in DataLoader workers), against the training images/s of ViT-Ti/16 at 224 px, batch 32. On a machine of
-    few cores the workers share them with training, so a headroom well above 1 is what keeps the step fed."""
+    few cores the workers share them with training, so a headroom well above 1 is what keeps the step fed. The same
+    folder is also read as a streamed Hugging Face dataset (``hf:FOLDER`` with ``streaming=True``: the ``imagefolder``
+    builder, read in order and decoded in one worker)."""
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         folder = write_image_folder(Path(tmp) / "folder", 512, 256)
         bundle = build_datasets(f"imagefolder:{folder}", img_size=224, in_chans=3, cache=False, progress=False)
         pipe = measure_input_pipeline(bundle, batch_size=32, batches=30, pad=0, flip=True)
+        stream = build_datasets(f"hf:{folder}", img_size=224, in_chans=3, streaming=True, progress=False)
+        stream_pipe = measure_input_pipeline(stream, batch_size=32, batches=30, pad=0, flip=True)
     t = interleaved_times({"train": train_step_fn(seeded_model("zoo_vit_tiny_p16"), 32)}, rounds=rounds, warmup=2)
     train_ips = 32 / median(t["train"])
     return {
         "streaming_pipeline_img_per_s": pipe,
         "streaming_train_img_per_s": train_ips,
         "streaming_headroom": pipe / train_ips,
+        "hf_stream_pipeline_img_per_s": stream_pipe,
+        "hf_stream_headroom": stream_pipe / train_ips,
     }
