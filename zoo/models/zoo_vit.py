@@ -482,6 +482,7 @@ default_cfgs = generate_default_cfgs(
             "zoo_vit_micro_conv_p4.fmnist", fmnist_cfg(first_conv="patch_embed.conv.0")
         ),
         "zoo_vit_micro_conv_p4": fmnist_cfg(first_conv="patch_embed.conv.0"),
+        "zoo_vit_micro_conv_p4_d8": fmnist_cfg(first_conv="patch_embed.conv.0"),
         "zoo_vit_micro_conv16_p4.fmnist": published_cfg(
             "zoo_vit_micro_conv16_p4.fmnist", fmnist_cfg(first_conv="patch_embed.conv.0")
         ),
@@ -544,6 +545,15 @@ def zoo_vit_micro_conv_p4(pretrained: bool = False, **kwargs) -> ZooViT:
     model_args = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=4, num_heads=2,
                       mlp_ratio=2.0, global_pool="avg", stem="early", stem_width=32)  # fmt: skip
     return _create("zoo_vit_micro_conv_p4", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def zoo_vit_micro_conv_p4_d8(pretrained: bool = False, **kwargs) -> ZooViT:
+    """``zoo_vit_micro_conv_p4`` at twice the depth (8 blocks): what growing the published baseline makes
+    (``schedules/fmnist_baseline_grown.yaml``) and its from-scratch reference (``fmnist_baseline_d8``)."""
+    model_args = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=8, num_heads=2,
+                      mlp_ratio=2.0, global_pool="avg", stem="early", stem_width=32)  # fmt: skip
+    return _create("zoo_vit_micro_conv_p4_d8", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
