@@ -59,7 +59,7 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int, flip
         dy = dx = torch.zeros(b, dtype=torch.int64, device=dev)
     cols = torch.arange(w, device=dev).expand(b, w)
     if flip:
-        mirror = (torch.rand(b, generator=generator, device=gdev) < 0.5).to(dev)
+        mirror = draw_mirror(b, generator).to(dev)
         cols = torch.where(mirror[:, None], cols.flip(1), cols)
     rows = dy[:, None] + torch.arange(h, device=dev)  # (B, H) source row of each output row
     cols = dx[:, None] + cols  # (B, W) source column of each output column
@@ -69,6 +69,12 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int, flip
     flat = rows.clamp(0, h - 1)[:, :, None] * w + cols.clamp(0, w - 1)[:, None, :]  # (B, H, W) linear source index
     out = x.reshape(b, c, h * w).gather(2, flat.view(b, 1, h * w).expand(b, c, h * w)).view(b, c, h, w)
     return out * inside[:, None].to(x.dtype) if pad > 0 else out
+
+
+def draw_mirror(b: int, generator: torch.Generator) -> torch.Tensor:
+    """The flip draws of :func:`random_crop_flip` (after its offsets): True where the image is mirrored. A training
+    step that skips the images (a cached frozen prefix) makes the same draws to pick the same views."""
+    return torch.rand(b, generator=generator, device=generator.device) < 0.5
 
 
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -111,14 +117,24 @@ class IndexDataset(Dataset):
         augment: A per-image augmentation (``zoo.data.augment.ImageAugment``), applied to each image with a seed that
             is a function of (``seed``, epoch, index): the same draws whatever the workers, ranks or resume point.
         seed: The run's seed (for ``augment``).
+        with_index: Batches are ``(x, y, indices)``: the positions of their images in the source (what a cached frozen
+            prefix looks its outputs up by).
     """
 
-    def __init__(self, x: ImageSource | torch.Tensor, y: torch.Tensor | None = None, augment=None, seed: int = 0):
+    def __init__(
+        self,
+        x: ImageSource | torch.Tensor,
+        y: torch.Tensor | None = None,
+        augment=None,
+        seed: int = 0,
+        with_index: bool = False,
+    ):
         if isinstance(x, torch.Tensor):
             if y is None or len(x) != len(y):
                 raise ValueError(f"x and y lengths differ: {len(x)} vs {None if y is None else len(y)}")
             x = TensorSource(x, y)
         self.source, self.augment, self.seed, self.epoch = x, augment, seed, 0
+        self.with_index = with_index
 
     @property
     def x(self) -> torch.Tensor:
@@ -136,18 +152,17 @@ class IndexDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.__getitems__([i])
-        return x[0], y[0]
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        return tuple(t[0] for t in self.__getitems__([i]))
 
-    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, ...]:
         idx = torch.as_tensor(indices, dtype=torch.int64)
         x = self.source.load(idx)
         if self.augment is not None:
             x = torch.stack(
                 [self.augment(img, image_seed(self.seed, self.epoch, i)) for img, i in zip(x, idx.tolist())]
             ) if len(x) else x  # fmt: skip
-        return x, self.source.labels[idx]
+        return (x, self.source.labels[idx], idx) if self.with_index else (x, self.source.labels[idx])
 
 
 def collate_batch(batch: Any) -> Any:
@@ -173,6 +188,7 @@ def make_loader(
     drop_last: bool,
     num_workers: int = 0,
     augment=None,
+    with_index: bool = False,
 ) -> DataLoader:
     """A plain torch ``DataLoader`` over a source (Accelerate's ``prepare`` shards it).
 
@@ -187,12 +203,13 @@ def make_loader(
         num_workers: Worker processes that build (decode, augment) batches ahead of the training step, two each;
             0 builds them in the training process (fastest for images in memory: a batch is one indexing op).
         augment: A per-image augmentation run where batches are built (see :class:`IndexDataset`).
+        with_index: Batches carry their images' indices (see :class:`IndexDataset`).
 
     Returns:
         The loader; batches are ``(x, y)`` tuples built by :meth:`IndexDataset.__getitems__` and :func:`collate_batch`.
     """
     return DataLoader(
-        IndexDataset(x, y, augment=augment, seed=seed),
+        IndexDataset(x, y, augment=augment, seed=seed, with_index=with_index),
         batch_size=batch_size,
         shuffle=shuffle,
         generator=torch.Generator().manual_seed(seed) if shuffle else None,

@@ -62,12 +62,20 @@ def keep_frozen_prefix_eval(model: nn.Module) -> None:
 def run_blocks(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Stem and blocks of a single-stream model. The frozen prefix runs without a graph, so backward stops at the
     first trainable block (the speedup of freezing); trainable blocks go through ``model._run_block``
-    (checkpointing policies)."""
+    (checkpointing policies). With ``model.prefix_input`` set, ``x`` is what the frozen prefix computed (the stem and
+    ``no_grad_prefix`` blocks, cached by ``zoo.training.prefix_cache``) and only the blocks after it run."""
     start = max(model.no_grad_prefix, 0)
-    with torch.set_grad_enabled(torch.is_grad_enabled() and model.no_grad_prefix < 0):
-        x = model.stem(x)
-        for blk in model.blocks[:start]:
-            x = blk(x)
+    if getattr(model, "prefix_input", False):
+        if model.no_grad_prefix < 0:
+            raise RuntimeError("prefix_input needs a frozen prefix (no_grad_prefix >= 0)")
+        sizes = getattr(model, "token_sizes", None)
+        if sizes is not None:
+            sizes.reset()  # what the stem does first: every token is one patch
+    else:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and model.no_grad_prefix < 0):
+            x = model.stem(x)
+            for blk in model.blocks[:start]:
+                x = blk(x)
     for i in range(start, len(model.blocks)):
         x = model._run_block(i, model.blocks[i], x)
     return x

@@ -147,6 +147,7 @@ class ZooMSViT(nn.Module):
 
     supports_growth = False  # see the module docstring
     supports_routing = False
+    supports_prefix_cache = True  # forward runs through run_blocks, which takes a cached frozen prefix's output
 
     def __init__(
         self,
@@ -239,6 +240,7 @@ class ZooMSViT(nn.Module):
         self.checkpoint_every = 1
         self.checkpoint_policy = "full"
         self.no_grad_prefix = -1
+        self.prefix_input = False  # True while forward takes a cached frozen prefix output (zoo.training.prefix_cache)
 
         self.patch_embed = make_stem(stem, img_size, patch_size, in_chans, embed_dims[0])
         self.grid_sizes = stage_grid_sizes(self.patch_embed.grid_size, num_stages)

@@ -108,6 +108,7 @@ class ZooViT(nn.Module):
     supports_growth = True  # zoo.growth.operators operators apply (single residual width, plain block list)
     supports_routing = True  # set_routing converts blocks to RoutedBlock and back
     supports_merging = True  # set_merging converts blocks to MergingBlock and back
+    supports_prefix_cache = True  # forward runs through run_blocks, which takes a cached frozen prefix's output
 
     def __init__(
         self,
@@ -189,6 +190,7 @@ class ZooViT(nn.Module):
         self.checkpoint_every = 1
         self.checkpoint_policy = "full"
         self.no_grad_prefix = -1
+        self.prefix_input = False  # True while forward takes a cached frozen prefix output (zoo.training.prefix_cache)
 
         self.patch_embed = make_stem(stem, img_size, patch_size, in_chans, embed_dim, self.model_args["stem_width"])
         num_patches = self.patch_embed.num_patches

@@ -41,6 +41,8 @@ SCHEMA_VERSION = 6
 ADDED_FIELDS: dict[str, tuple[int, Any]] = {
     "data.streaming": (6, False),
     "data.shuffle_buffer": (6, 10_000),
+    "unfreeze.cache_prefix": (6, False),
+    "unfreeze.cache_max_mb": (6, 4096.0),
     "train.compile": (5, None),
     "distill": (4, None),  # a whole section: its neutral value is its absence
     "merging": (4, None),

@@ -24,6 +24,8 @@ def check_recipe(recipe: RecipeSchema, err) -> None:
         _check_growth(recipe.growth, recipe.schedule.steps, err)
     if recipe.unfreeze is not None:
         _check_unfreeze(recipe.unfreeze, recipe.schedule.steps, err)
+        if recipe.unfreeze.cache_prefix:
+            _check_prefix_cache(recipe, err)
     if recipe.distill is not None and recipe.distill.teacher == "pretrained" and recipe.model.pretrained is None:
         raise err("distill.teacher", "'pretrained' names model.pretrained, which is not set: give a model source")
 
@@ -115,6 +117,33 @@ def _check_growth(g: GrowthConfig, total: int | None, err) -> None:
     for key in ("budget_flops", "budget_seconds"):
         if getattr(g, key) is not None and not g.stages:
             raise err(f"growth.{key}", "needs growth stages (the solver fits their lengths to the budget)")
+
+
+def _check_prefix_cache(recipe, err) -> None:
+    """A cached prefix output is reusable only when the prefix's input repeats: flips only (two views per image),
+    and a prefix that stays the same model (zoo.training.prefix_cache)."""
+    d = recipe.data
+    changes_input = {
+        "data.crop_pad": d.crop_pad != 0,
+        "data.auto_augment": d.auto_augment is not None,
+        "data.reprob": d.reprob > 0,
+        "data.mixup": d.mixup > 0,
+        "data.cutmix": d.cutmix > 0,
+    }
+    for field, bad in changes_input.items():
+        if bad:
+            raise err(
+                field,
+                "changes each image's input at random, so the cached frozen prefix "
+                "(unfreeze.cache_prefix) could not be reused; set it off (flips are cached: two views per image)",
+            )
+    if d.streaming:
+        raise err("unfreeze.cache_prefix", "not available with data.streaming (a stream's images have no index)")
+    for section in ("growth", "distill", "merging"):
+        if getattr(recipe, section) is not None:
+            why = {"growth": "growth changes the prefix", "distill": "the teacher needs the images",
+                   "merging": "merged tokens carry per-batch sizes"}[section]  # fmt: skip
+            raise err("unfreeze.cache_prefix", f"not available with a {section} section ({why})")
 
 
 def _check_unfreeze(u: UnfreezeConfig, total: int | None, err) -> None:

@@ -188,6 +188,10 @@ class UnfreezeConfig(Section):
     # since the previous check is below threshold
     check_every: Annotated[Float, Field(gt=0, lt=1)] = 0.05
     threshold: Positive = 0.01
+    # compute the frozen prefix's output once per training image (and flip view) and reuse it while the prefix stays
+    # frozen (zoo.training.prefix_cache); needs flip-only augmentation; the cached outputs must fit cache_max_mb
+    cache_prefix: bool = False
+    cache_max_mb: Annotated[Float, Field(gt=0)] = 4096.0
 
 
 class MergingConfig(Section):

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from zoo.data.augment import BatchAugment, ImageAugment
 from zoo.data.datasets import build_datasets
-from zoo.data.pipeline import default_workers, make_loader, normalize, random_crop_flip
+from zoo.data.pipeline import default_workers, draw_mirror, make_loader, normalize, random_crop_flip
 from zoo.data.streaming import StreamSource, make_stream_loader
 from zoo.hub import save_model_folder, weights_hash
 from zoo.measure.machine import gemm_peaks_gflops
@@ -42,6 +42,7 @@ from zoo.training.evaluation import evaluate, fit_resolution
 from zoo.training.freezing import set_group_lrs
 from zoo.training.interrupt import StoppedBySignal, stop_on_signals
 from zoo.training.precision import choose_precision
+from zoo.training.prefix_cache import PrefixCache, check_cacheable_model, prefix_input
 from zoo.training.progress import freezeout_lr_factors, lr_factor
 from zoo.training.recipe import SCHEMA_VERSION, Recipe, RecipeError, flatten_dotted
 from zoo.training.run_folder import PRECISION_FILE, RunFolder
@@ -208,9 +209,10 @@ class Trainer:
             self.eval_loader = make_stream_loader(b.test, d.eval_batch_size, shuffle=False, seed=0, drop_last=False,
                                                   **shard)  # fmt: skip
         else:
+            caching = recipe.unfreeze is not None and recipe.unfreeze.cache_prefix  # batches carry image indices
             loader = make_loader(
                 b.train, None, micro, shuffle=True, seed=recipe.train.seed, drop_last=True, num_workers=workers,
-                augment=augment,
+                augment=augment, with_index=caching,
             )  # fmt: skip
             self.train_loader = self.acc.prepare(loader)
             eval_loader = make_loader(
@@ -262,6 +264,13 @@ class Trainer:
             acc.load_state(str(folder))
             if self.ema is not None:
                 load_safetensors_model(self.ema.module, str(folder / "ema.safetensors"))
+        self.prefix_cache = None
+        u, b = recipe.unfreeze, self.bundle
+        if u is not None and u.cache_prefix:  # derived data, not checkpointed: a resumed run rebuilds it (bitwise)
+            max_bytes = int(u.cache_max_mb * 2**20)
+            check_cacheable_model(unwrapped(acc, self.model), b, recipe.data.flip, max_bytes)
+            show = self.progress and acc.is_main_process
+            self.prefix_cache = PrefixCache(b.train, b.mean, b.std, recipe.data.flip, max_bytes, progress=show)
 
     def open_run_files(self) -> None:
         """``recipe.yaml``, ``manifest.json``, the metrics log (cut back to the checkpoint) and the tracker."""
@@ -326,16 +335,14 @@ class Trainer:
         for position in range(in_epoch, self.steps_per_epoch):
             micro = []
             for m in range(acc_steps):
-                x, y = next(it)
-                micro.append(
-                    (x, y, augment_generator(recipe.train.seed, epoch, position * acc_steps + m, acc.process_index))
-                )
+                x, y, *index = next(it)  # the images' indices when a cached frozen prefix looks them up
+                gen = augment_generator(recipe.train.seed, epoch, position * acc_steps + m, acc.process_index)
+                micro.append((x, y, gen, index[0] if index else None))
             yield micro
 
     def train_step(self, micro_batches: list) -> None:
         """Forward and backward of every micro-batch, clipping, the non-finite check, the optimizer and EMA update."""
         recipe, acc, model = self.recipe, self.acc, self.model
-        d = recipe.data
         set_step_values(unwrapped(acc, model), self.plan, self.step)
         if self.ema is not None:  # the EMA copy is what is evaluated and exported: the same capacity as the model
             set_step_values(self.ema.module, self.plan, self.step)
@@ -349,12 +356,11 @@ class Trainer:
         set_group_lrs(self.optimizer, self.lr, {g: recipe.optim.lr * f for g, f in factors.items()})
         n = len(micro_batches)
         loss_sum = 0.0
-        for m, (x, y, gen) in enumerate(micro_batches):
-            x = normalize(random_crop_flip(x, gen, d.crop_pad, d.flip), self.bundle.mean, self.bundle.std)
-            x, target = self.batch_augment(x, y, gen)  # random erasing, Mixup / CutMix (soft targets) when set
-            x = fit_resolution(x, unwrapped(acc, model).model_args["img_size"])
+        cached = self.sync_prefix_cache()
+        for m, (images, y, gen, index) in enumerate(micro_batches):
+            x, target = self.step_inputs(images, y, gen, index, cached)
             sync = acc.no_sync(model) if m < n - 1 else contextlib.nullcontext()
-            with sync:
+            with sync, prefix_input(unwrapped(acc, model), cached):
                 logits = model(x)
                 if self.batch_augment.soft_targets:  # the targets already carry the label smoothing
                     loss = SOFT_TARGET_LOSS(logits.float(), target)
@@ -364,7 +370,7 @@ class Trainer:
                     loss = self.distiller.mix(loss, logits, x)
                 acc.backward(loss / n)
             loss_sum += loss.detach().float() / n
-            self.seen += x.shape[0] * acc.num_processes
+            self.seen += images.shape[0] * acc.num_processes
         self.loss = loss_sum
         # clipping returns the total norm, which doubles as the non-finite check (max_norm inf = no clipping)
         norm = acc.clip_grad_norm_(model.parameters(), recipe.optim.clip_grad or float("inf"))
@@ -384,6 +390,32 @@ class Trainer:
                 self.ema.update(unwrapped(acc, model), step=self.step)
         self.step += 1
         self.bar.update(1)
+
+    def step_inputs(self, images, y, gen, index, cached: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the model takes for a micro-batch and its targets: the images cropped, flipped, normalised, erased and
+        mixed as the recipe says; or, with a cached frozen prefix, the prefix's cached outputs for the views the same
+        flip draws choose."""
+        d = self.recipe.data
+        if cached:  # flips are the only augmentation a cache allows (recipe_checks): the same draws, the same views
+            mirrored = draw_mirror(len(images), gen) if d.flip else None
+            return self.prefix_cache.lookup(index, mirrored).to(self.acc.device), y
+        x = normalize(random_crop_flip(images, gen, d.crop_pad, d.flip), self.bundle.mean, self.bundle.std)
+        x, target = self.batch_augment(x, y, gen)  # random erasing, Mixup / CutMix (soft targets) when set
+        return fit_resolution(x, unwrapped(self.acc, self.model).model_args["img_size"]), target
+
+    def sync_prefix_cache(self) -> bool:
+        """``unfreeze.cache_prefix``: hold the outputs of the current frozen prefix, (re)built when it changed, in the
+        training clock and under the training precision; whether this step reads them."""
+        if self.prefix_cache is None:
+            return False
+        net = unwrapped(self.acc, self.model)
+        t0 = time.perf_counter()
+        with self.acc.autocast():
+            built = self.prefix_cache.sync(net, net.no_grad_prefix, self.acc.device)
+        if built and self.main:
+            self.log.write({"step": self.step, "prefix_cache_blocks": net.no_grad_prefix,
+                            "prefix_cache_s": time.perf_counter() - t0})  # fmt: skip
+        return net.no_grad_prefix >= 0
 
     # -------------------------------------------------------------------------------------------- after a step
     def change_structure_or_log_event(self) -> None:
