@@ -484,6 +484,10 @@ default_cfgs = generate_default_cfgs(
             "zoo_vit_micro_conv_p4.fmnist", fmnist_cfg(first_conv="patch_embed.conv.0")
         ),
         "zoo_vit_micro_conv_p4": fmnist_cfg(first_conv="patch_embed.conv.0"),
+        # the published baseline grown to 8 blocks while fine-tuning (card: base_model, the growth it went through)
+        "zoo_vit_micro_conv_p4_d8.fmnist_grown": published_cfg(
+            "zoo_vit_micro_conv_p4_d8.fmnist_grown", fmnist_cfg(first_conv="patch_embed.conv.0")
+        ),
         "zoo_vit_micro_conv_p4_d8": fmnist_cfg(first_conv="patch_embed.conv.0"),
         "zoo_vit_micro_conv16_p4.fmnist": published_cfg(
             "zoo_vit_micro_conv16_p4.fmnist", fmnist_cfg(first_conv="patch_embed.conv.0")
