@@ -140,14 +140,19 @@ def test_existing_recipe_hashes_survive_the_added_fields():
             "data.auto_augment": "rand-m9-mstd0.5", "data.reprob": 0.25, "data.remode": "const",
             "data.mixup": 0.8, "data.cutmix": 1.0, "data.mix_prob": 0.5, "data.mix_switch_prob": 0.3,
             "unfreeze.anneal_lr": True, "unfreeze.check_every": 0.1, "unfreeze.threshold": 0.05,
-            "train.compile": "inductor",
+            "train.compile": "inductor", "data.streaming": True, "data.shuffle_buffer": 64,
+            "unfreeze.cache_prefix": True, "unfreeze.cache_max_mb": 512.0,
         }  # fmt: skip
-        # a field of an optional section is compared within that section (the section itself changes the hash)
-        context = {"unfreeze": {"mode": "freezeout"}}.get(section, {})
-        unset = recipe_hash(recipe_from_dict({section: context} if context else {}).identity())
-        changed = recipe_from_dict({section: {**context, key: other[dotted]}})
-        assert recipe_hash(changed.identity()) != unset, dotted
-        assert recipe_hash(recipe_from_dict({section: {**context, key: neutral}}).identity()) == unset, dotted
+        # a field of an optional section is compared within that section (the section itself changes the hash);
+        # a field that needs others to be valid (streaming: an hf: source; a cache: flip-only data) gets them
+        context = {"unfreeze": {"mode": "freezeout"}, "data": {"name": "hf:some-folder", "crop_pad": 0}}
+        base = {section: context.get(section, {})} if section in context else {}
+        if section == "unfreeze":
+            base["data"] = context["data"]
+        unset = recipe_hash(recipe_from_dict(base).identity())
+        for value, same in ((other[dotted], False), (neutral, True)):
+            recipe = recipe_from_dict({**base, section: {**base.get(section, {}), key: value}})
+            assert (recipe_hash(recipe.identity()) == unset) == same, (dotted, value)
 
 
 def test_a_changed_default_changes_the_hash_of_runs_relying_on_it():

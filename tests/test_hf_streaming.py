@@ -8,10 +8,7 @@ exactly, in equal numbers of batches; a resumed epoch passes over its first batc
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +17,7 @@ import yaml
 from conftest import HF_TEST, HF_TRAIN, tiny_recipe
 from safetensors.torch import load_file
 from test_kill_resume import finish, start, wait_for_step
-from test_multiprocess import free_port
+from test_multiprocess import train_in_two_processes
 
 from zoo.data.augment import ImageAugment
 from zoo.data.datasets import DataError, build_datasets
@@ -213,11 +210,5 @@ def test_two_processes_train_a_stream_in_step(hf_fmnist, tmp_path):
     recipe = stream_recipe(hf_fmnist["saved"])
     recipe["schedule"]["steps"] = 6
     path.write_text(yaml.safe_dump(recipe))
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    env.update(OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           "-m", "zoo.cli", "train", str(path), "--out", str(tmp_path / "run"), "--no-progress"]  # fmt: skip
-    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
-    result = yaml.safe_load((tmp_path / "run" / "result.json").read_text())
+    result = train_in_two_processes(path, tmp_path / "run")
     assert result["steps"] == 6 and 0 <= result["final_acc"] <= 1

@@ -92,6 +92,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def train_in_two_processes(recipe: Path, out: Path) -> dict:
+    """``zoo train RECIPE --out OUT`` under ``torchrun`` with 2 CPU processes (no probes); returns ``result.json``.
+    The trainer's own rank check at the end compares the ranks' weights."""
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           "-m", "zoo.cli", "train", str(recipe), "--out", str(out), "--no-progress"]  # fmt: skip
+    done = subprocess.run(cmd, env=env, cwd=out.parent, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads((out / "result.json").read_text())
+
+
 @pytest.fixture(scope="module")
 def hooks(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("hooks")

@@ -10,10 +10,7 @@ augmentations that change the prefix's input, and models that cannot run from it
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 
 import pytest
 import timm
@@ -22,7 +19,7 @@ import yaml
 from conftest import tiny_recipe
 from safetensors.torch import load_file
 from test_kill_resume import finish, start, wait_for_step
-from test_multiprocess import free_port
+from test_multiprocess import train_in_two_processes
 
 from zoo.data.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from zoo.data.pipeline import draw_mirror, normalize, random_crop_flip
@@ -176,10 +173,4 @@ def test_two_processes_train_from_a_cache_in_step(tmp_path):
     recipe = cached_recipe({"mode": "stages", "stages": [{"step": 0, "trainable_from": 1}]})
     path = tmp_path / "cached.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    env.update(OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           "-m", "zoo.cli", "train", str(path), "--out", str(tmp_path / "run"), "--no-progress"]  # fmt: skip
-    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
-    assert json.loads((tmp_path / "run" / "result.json").read_text())["steps"] == 8
+    assert train_in_two_processes(path, tmp_path / "run")["steps"] == 8

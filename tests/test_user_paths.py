@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import timm
 import yaml
 from conftest import tiny_recipe
@@ -97,23 +98,20 @@ def test_trackers_get_the_resolved_recipe_as_flat_scalar_hparams():
     assert all(isinstance(v, (int, float, str, bool)) for v in hp.values() if v is not None)
 
 
-def test_accelerate_launch_precision_that_the_recipe_overrides_is_warned(tmp_path, monkeypatch, fmnist):
-    import pytest
-
+@pytest.mark.parametrize(
+    ("variable", "value", "field"),
+    [
+        ("ACCELERATE_MIXED_PRECISION", "bf16", "train.precision"),
+        ("ACCELERATE_DYNAMO_BACKEND", "INDUCTOR", "train.compile"),
+    ],
+)
+def test_accelerate_launch_settings_that_the_recipe_overrides_are_warned(tmp_path, monkeypatch, fmnist, variable,
+                                                                          value, field):  # fmt: skip
+    """What `accelerate launch --mixed_precision / --dynamo_backend` sets is overridden by the recipe, loudly."""
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(schedule={"steps": 1})))
-    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
-    with pytest.warns(UserWarning, match="overridden by the recipe's train.precision"):
-        assert main(["train", str(recipe), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
-
-
-def test_accelerate_launch_compile_backend_that_the_recipe_overrides_is_warned(tmp_path, monkeypatch, fmnist):
-    import pytest
-
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump(tiny_recipe(schedule={"steps": 1})))
-    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "INDUCTOR")
-    with pytest.warns(UserWarning, match="overridden by the recipe's train.compile"):
+    monkeypatch.setenv(variable, value)
+    with pytest.warns(UserWarning, match=f"overridden by the recipe's {field}"):
         assert main(["train", str(recipe), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
 
 
