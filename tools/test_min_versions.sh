@@ -21,4 +21,5 @@ PY
 "$venv/bin/python" -m pytest -q -p no:cacheprovider -k "not onnx" \
   tests/test_models.py tests/test_recipe.py tests/test_hub.py tests/test_attention.py tests/test_train.py \
   tests/test_growth.py tests/test_growth_steps.py tests/test_data.py tests/test_routing.py tests/test_freezing.py \
-  tests/test_compile.py tests/test_export_formats.py tests/test_data_streaming.py tests/test_hf_streaming.py
+  tests/test_compile.py tests/test_export_formats.py tests/test_data_streaming.py tests/test_hf_streaming.py \
+  tests/test_prefix_cache.py

@@ -42,7 +42,8 @@ def seeded_global_rngs(seed: int) -> Iterator[None]:
 
 def image_seed(run_seed: int, epoch: int, index: int) -> int:
     """The seed of one image's augmentation in one epoch (independent of batch composition, workers and ranks)."""
-    return int(np.random.SeedSequence([run_seed, epoch, index]).generate_state(1, np.uint64)[0] >> 1)
+    # shifted as a Python int: numpy < 2 cannot shift a uint64 by a Python int (it casts to float64)
+    return int(np.random.SeedSequence([run_seed, epoch, index]).generate_state(1, np.uint64)[0]) >> 1
 
 
 def _timm_auto_augment(name: str, img_size: int, mean: Sequence[float]):
