@@ -70,6 +70,15 @@ def evaluate(
     return {**out, "matrix": matrix.tolist()} if num_classes else out
 
 
+def evaluate_shards(model, batches, mean, std, reduce: Callable) -> dict:
+    """:func:`evaluate` over this process's share of a split whose shares differ in length (a stream), summed across
+    processes by ``reduce`` (``Accelerator.reduce``): gathering per batch would need equal batch counts."""
+    res = evaluate(model, batches, mean, std)
+    n = res["n"]
+    totals = reduce(torch.tensor([res["acc"] * n, res["loss"] * n, n], dtype=torch.float64)).tolist()
+    return {"acc": totals[0] / max(totals[2], 1), "loss": totals[1] / max(totals[2], 1), "n": int(totals[2])}
+
+
 def tensor_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     """In-memory tensors in order, ``batch_size`` at a time."""
     for i in range(0, len(y), batch_size):

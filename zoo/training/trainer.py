@@ -38,7 +38,7 @@ from zoo.training import run_checkpoints as ckpt
 from zoo.training.adaptive_freezing import PlasticityMonitor, check_steps
 from zoo.training.budget import budget_boundaries
 from zoo.training.distillation import Distiller, load_teacher
-from zoo.training.evaluation import evaluate, fit_resolution
+from zoo.training.evaluation import evaluate, evaluate_shards, fit_resolution
 from zoo.training.freezing import set_group_lrs
 from zoo.training.interrupt import StoppedBySignal, stop_on_signals
 from zoo.training.precision import choose_precision
@@ -476,10 +476,8 @@ class Trainer:
             batches = ((x.to(acc.device), y.to(acc.device)) for x, y in self.eval_loader)
             # the module itself, not the DDP wrapper, whose forward broadcasts buffers (a conv stem's BatchNorm)
             # on every call: a process with one batch more would wait for the others
-            res = evaluate(unwrapped(acc, model), batches, b.mean, b.std)
-            totals = acc.reduce(torch.tensor([res["acc"] * res["n"], res["loss"] * res["n"], res["n"]],
-                                             dtype=torch.float64, device=acc.device), "sum").tolist()  # fmt: skip
-            res = {"acc": totals[0] / max(totals[2], 1), "loss": totals[1] / max(totals[2], 1)}
+            res = evaluate_shards(unwrapped(acc, model), batches, b.mean, b.std,
+                                  lambda t: acc.reduce(t.to(acc.device), "sum").cpu())  # fmt: skip
         else:
             res = evaluate(model, self.eval_loader, b.mean, b.std, gather=acc.gather_for_metrics)
         self.model.train()
