@@ -141,7 +141,7 @@ def test_existing_recipe_hashes_survive_the_added_fields():
             "data.mixup": 0.8, "data.cutmix": 1.0, "data.mix_prob": 0.5, "data.mix_switch_prob": 0.3,
             "unfreeze.anneal_lr": True, "unfreeze.check_every": 0.1, "unfreeze.threshold": 0.05,
             "train.compile": "inductor", "data.streaming": True, "data.shuffle_buffer": 64,
-            "unfreeze.cache_prefix": True, "unfreeze.cache_max_mb": 512.0,
+            "unfreeze.cache_prefix": True, "unfreeze.cache_max_mb": 512.0, "unfreeze.start": 0.5,
         }  # fmt: skip
         # a field of an optional section is compared within that section (the section itself changes the hash);
         # a field that needs others to be valid (streaming: an hf: source; a cache: flip-only data) gets them

@@ -82,16 +82,23 @@ def test_layer_decay_applies_through_the_lr_the_trainer_sets():
 
 
 # ------------------------------------------------------------------------------------------ FreezeOut (bottom-up)
-@pytest.mark.parametrize("total,groups,every", [(100, 6, 0.1), (37, 4, 0.2), (8, 4, 0.25), (10, 5, 0.3)])
-def test_freezeout_steps_match_the_stage_plan(total, groups, every):
+@pytest.mark.parametrize(
+    "total,groups,every,start",
+    [(100, 6, 0.1, None), (37, 4, 0.2, None), (8, 4, 0.25, None), (10, 5, 0.3, None), (100, 6, 0.1, 0.5),
+     (40, 6, 0.15, 0.6)],
+)  # fmt: skip
+def test_freezeout_steps_match_the_stage_plan(total, groups, every, start):
     from zoo.training.progress import freezeout_steps
     from zoo.training.recipe import recipe_from_dict
     from zoo.training.stage_plan import StagePlan
 
-    at = freezeout_steps(total, groups, every)
+    at = freezeout_steps(total, groups, every, start)
     assert list(at) == sorted(at) and groups - 1 not in at, "bottom-up, and the top group never freezes"
-    assert all(s == pytest.approx((g + 1) * every * total, abs=1) and 0 < s < total for g, s in at.items())
-    plan = StagePlan.from_recipe(recipe_from_dict({"unfreeze": {"mode": "freezeout", "every": every}}), total)
+    first = every if start is None else start
+    assert at, "at least the lowest group freezes in these settings"
+    assert all(s == pytest.approx((first + g * every) * total, abs=1) and 0 < s < total for g, s in at.items())
+    unfreeze = {"mode": "freezeout", "every": every, **({} if start is None else {"start": start})}
+    plan = StagePlan.from_recipe(recipe_from_dict({"unfreeze": unfreeze}), total)
     for step in range(total):
         assert plan.trainable_from(step, groups) == sum(1 for s in at.values() if step >= s)
 
@@ -121,6 +128,10 @@ def test_freezeout_anneal_needs_freezeout_mode():
         recipe_from_dict({"unfreeze": {"mode": "gradual", "anneal_lr": True}})
     with pytest.raises(RecipeError, match="unfreeze.every"):
         recipe_from_dict({"unfreeze": {"mode": "freezeout", "every": 1.5}})
+    with pytest.raises(RecipeError, match="unfreeze.start"):
+        recipe_from_dict({"unfreeze": {"mode": "adaptive", "start": 0.5}})
+    with pytest.raises(RecipeError, match="unfreeze.start"):
+        recipe_from_dict({"unfreeze": {"mode": "freezeout", "start": 1.0}})
 
 
 def test_freezeout_training_freezes_bottom_up_with_annealed_lr(tmp_path, fmnist):

@@ -62,13 +62,15 @@ def gradual_unfreeze_from(progress: float, num_groups: int, start_groups: int, e
     return num_groups - trainable
 
 
-def freezeout_steps(total_steps: int, num_groups: int, every: float) -> dict[int, int]:
-    """FreezeOut's schedule: the step at which each layer group freezes, bottom-up, one group every ``every`` of
-    training (group g at ``(g + 1) * every``); the top group never freezes, nor does a group whose time falls at or
-    after the end. The first trainable group at step s is the number of groups frozen by then."""
+def freezeout_steps(total_steps: int, num_groups: int, every: float, start: float | None = None) -> dict[int, int]:
+    """FreezeOut's schedule: the step at which each layer group freezes, bottom-up: group g at ``start + g * every``
+    of training (``start`` defaults to ``every``: group g at ``(g + 1) * every``); the top group never freezes, nor
+    does a group whose time falls at or after the end. The first trainable group at step s is the number of groups
+    frozen by then."""
+    first = every if start is None else start
     out = {}
     for g in range(num_groups - 1):
-        step = math.ceil((g + 1 - 1e-9) * every * total_steps)
+        step = math.ceil((first + g * every - 1e-9) * total_steps)
         if step >= total_steps:
             break
         out[g] = step

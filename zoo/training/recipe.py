@@ -37,8 +37,9 @@ from zoo.utils.strict_yaml import StrictYAMLError, load_strict_yaml
 # The recipe schema's version, recorded in every run's manifest. Fields added after version 1, with the version that
 # added them and their neutral value: the value that reproduces the behaviour from before the field existed. A field's
 # neutral value never changes once released (it is part of the identity of every run recorded before it).
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 ADDED_FIELDS: dict[str, tuple[int, Any]] = {
+    "unfreeze.start": (7, None),
     "data.streaming": (6, False),
     "data.shuffle_buffer": (6, 10_000),
     "unfreeze.cache_prefix": (6, False),

@@ -180,6 +180,9 @@ class UnfreezeConfig(Section):
     # when the lowest trainable group stops changing)
     mode: Literal["gradual", "stages", "freezeout", "adaptive"] = "gradual"
     every: Annotated[Float, Field(gt=0, lt=1)] = 0.1  # gradual / freezeout: one more group every this fraction
+    # freezeout: the fraction of training at which the lowest group (the stem) freezes, FreezeOut's t_0; the next
+    # groups follow every `every`. Unset: `every` (the first group freezes one step of the schedule in)
+    start: Annotated[Float, Field(gt=0, lt=1)] | None = None
     start_groups: Count = 1  # gradual: groups trainable at the start, from the top (1 = head + final norm)
     stages: list[UnfreezeStage] = Field(default_factory=list)
     # freezeout: each group's LR decays to zero (the schedule's decay shape) at the step it freezes (FreezeOut)

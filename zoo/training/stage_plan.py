@@ -214,8 +214,8 @@ class StagePlan:
         if u.mode == "adaptive":
             return min(num_groups - 1, sum(1 for s in self.adaptive_freezes if step >= s))
         if u.mode == "freezeout":
-            # bottom-up: one more group freezes every `every` of training; the top group always trains
-            return sum(1 for s in freezeout_steps(self.total, num_groups, u.every).values() if step >= s)
+            # bottom-up: the stem freezes at `start`, one more group every `every` after; the top group always trains
+            return sum(1 for s in freezeout_steps(self.total, num_groups, u.every, u.start).values() if step >= s)
         current = 0
         for st, g in self.unfreeze_steps:
             if step >= st:
@@ -227,7 +227,7 @@ class StagePlan:
         u = self.recipe.unfreeze
         if u is None or u.mode != "freezeout" or not u.anneal_lr:
             return {}
-        return freezeout_steps(self.total, self.groups, u.every)
+        return freezeout_steps(self.total, self.groups, u.every, u.start)
 
     def validate(self, model: nn.Module) -> None:
         G = self.num_groups(model)
