@@ -112,6 +112,8 @@ def test_freezeout_lr_factors_end_at_each_groups_freeze_step():
     assert all(a >= b for a, b in zip(f0[5:], f0[6:])) and f0[-1] < 0.02, "decays to ~0 at its freeze step"
     assert freezeout_lr_factors(20, at, 5).keys() == {1}, "a frozen group has no LR"
     assert freezeout_lr_factors(10, at, 5)[1] > freezeout_lr_factors(10, at, 5)[0], "later groups decay later"
+    scaled, plain = freezeout_lr_factors(7, at, 5, scale_total=100), freezeout_lr_factors(7, at, 5)
+    assert scaled == pytest.approx({0: plain[0] * 100 / 20, 1: plain[1] * 100 / 40}), "FreezeOut's alpha / t_i"
     set_lrs = {"layer_group": 0, "lr_scale": 0.5}, {"layer_group": 3, "lr_scale": 1.0}
 
     class Opt:
@@ -128,6 +130,8 @@ def test_freezeout_anneal_needs_freezeout_mode():
         recipe_from_dict({"unfreeze": {"mode": "gradual", "anneal_lr": True}})
     with pytest.raises(RecipeError, match="unfreeze.every"):
         recipe_from_dict({"unfreeze": {"mode": "freezeout", "every": 1.5}})
+    with pytest.raises(RecipeError, match="unfreeze.scale_lr"):
+        recipe_from_dict({"unfreeze": {"mode": "freezeout", "scale_lr": True}})
     with pytest.raises(RecipeError, match="unfreeze.start"):
         recipe_from_dict({"unfreeze": {"mode": "adaptive", "start": 0.5}})
     with pytest.raises(RecipeError, match="unfreeze.start"):

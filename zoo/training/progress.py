@@ -78,12 +78,18 @@ def freezeout_steps(total_steps: int, num_groups: int, every: float, start: floa
 
 
 def freezeout_lr_factors(
-    step: int, freeze_at: dict[int, int], warmup_steps: int, decay: str = "cosine"
+    step: int, freeze_at: dict[int, int], warmup_steps: int, decay: str = "cosine", scale_total: int | None = None
 ) -> dict[int, float]:
     """FreezeOut's per-group LR (Brock et al. 2017): each group that will freeze follows its own warm-up and decay
     to zero, ending at the step it freezes, so it stops learning smoothly instead of at full LR; groups that never
-    freeze are absent (they follow the run's schedule)."""
-    return {g: lr_factor(step, s, min(warmup_steps, s), decay=decay) for g, s in freeze_at.items() if step < s}
+    freeze are absent (they follow the run's schedule). With ``scale_total`` (the run's steps), each group's factor
+    is multiplied by ``scale_total / freeze step`` (FreezeOut's scaled variant: a group that trains for a fraction t
+    of the run starts at LR alpha / t)."""
+    return {
+        g: lr_factor(step, s, min(warmup_steps, s), decay=decay) * (scale_total / s if scale_total else 1.0)
+        for g, s in freeze_at.items()
+        if step < s
+    }
 
 
 def stage_index(progress: float, boundaries: Sequence[float]) -> int:

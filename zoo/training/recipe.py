@@ -40,6 +40,7 @@ from zoo.utils.strict_yaml import StrictYAMLError, load_strict_yaml
 SCHEMA_VERSION = 7
 ADDED_FIELDS: dict[str, tuple[int, Any]] = {
     "unfreeze.start": (7, None),
+    "unfreeze.scale_lr": (7, False),
     "data.streaming": (6, False),
     "data.shuffle_buffer": (6, 10_000),
     "unfreeze.cache_prefix": (6, False),

@@ -150,6 +150,8 @@ def _check_unfreeze(u: UnfreezeConfig, total: int | None, err) -> None:
     if u.anneal_lr and u.mode != "freezeout":
         msg = f"anneals each group's LR to its freeze step: needs mode freezeout, not {u.mode}"
         raise err("unfreeze.anneal_lr", msg)
+    if u.scale_lr and not u.anneal_lr:
+        raise err("unfreeze.scale_lr", "scales each group's annealed LR: needs anneal_lr: true")
     if u.start is not None and u.mode != "freezeout":
         raise err("unfreeze.start", f"is when bottom-up freezing begins: needs mode freezeout, not {u.mode}")
     _check_stage_starts("unfreeze", u.stages, 0, total, err)

@@ -187,6 +187,10 @@ class UnfreezeConfig(Section):
     stages: list[UnfreezeStage] = Field(default_factory=list)
     # freezeout: each group's LR decays to zero (the schedule's decay shape) at the step it freezes (FreezeOut)
     anneal_lr: bool = False
+    # with anneal_lr: each group's peak LR is the run's divided by the fraction of training it trains for
+    # (FreezeOut's scaled variant, alpha_i = alpha / t_i), so a group that freezes at half-way gets about the LR
+    # integral of the full schedule
+    scale_lr: bool = False
     # adaptive: every check_every of training, the lowest trainable group freezes when its relative weight change
     # since the previous check is below threshold
     check_every: Annotated[Float, Field(gt=0, lt=1)] = 0.05

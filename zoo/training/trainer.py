@@ -352,7 +352,8 @@ class Trainer:
             self.hold,
         )  # fmt: skip
         freeze_at = self.plan.annealed_freeze_steps()
-        factors = freezeout_lr_factors(self.step, freeze_at, self.warmup, sch.decay) if freeze_at else {}
+        scale = self.total if recipe.unfreeze is not None and recipe.unfreeze.scale_lr else None
+        factors = freezeout_lr_factors(self.step, freeze_at, self.warmup, sch.decay, scale) if freeze_at else {}
         set_group_lrs(self.optimizer, self.lr, {g: recipe.optim.lr * f for g, f in factors.items()})
         n = len(micro_batches)
         loss_sum = 0.0
