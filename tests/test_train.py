@@ -81,6 +81,7 @@ def test_same_seed_bitwise_equal_weights(tmp_path, fmnist):
         ({"unfreeze": {"mode": "gradual", "every": 0.25}}, 3),  # between boundaries (2, 4, 6)
         ({"unfreeze": {"mode": "gradual", "every": 0.25}}, 4),  # exactly at a boundary
         ({"unfreeze": {"mode": "freezeout", "every": 0.25, "anneal_lr": True}}, 3),
+        ({"unfreeze": {"mode": "freezeout", "start": 0.5, "every": 0.125, "anneal_lr": True, "scale_lr": True}}, 5),
         ({"unfreeze": {"mode": "adaptive", "check_every": 0.25, "threshold": 10.0}}, 3),  # before a decision
         ({"unfreeze": {"mode": "adaptive", "check_every": 0.25, "threshold": 10.0}}, 5),  # reference in the checkpoint
         ({"growth": {"stages": [{"at": 0.5, "depth": 3, "mlp_hidden": 192}]}, "train": {"ema": 0.9}}, 4),
@@ -101,6 +102,7 @@ def test_same_seed_bitwise_equal_weights(tmp_path, fmnist):
         "unfreeze-mid",
         "unfreeze-at-boundary",
         "freezeout-anneal",
+        "freezeout-late-scaled",
         "adaptive-before-decision",
         "adaptive-after-decision",
         "grow-depth-mlp-ema",
