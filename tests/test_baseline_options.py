@@ -142,13 +142,14 @@ def test_existing_recipe_hashes_survive_the_added_fields():
             "unfreeze.anneal_lr": True, "unfreeze.check_every": 0.1, "unfreeze.threshold": 0.05,
             "train.compile": "inductor", "data.streaming": True, "data.shuffle_buffer": 64,
             "unfreeze.cache_prefix": True, "unfreeze.cache_max_mb": 512.0, "unfreeze.start": 0.5,
-            "unfreeze.scale_lr": True,
+            "unfreeze.scale_lr": True, "routing.weight": "tanh", "routing.weight_scale": 0.2,
         }  # fmt: skip
         # a field of an optional section is compared within that section (the section itself changes the hash);
         # a field that needs others to be valid (streaming: an hf: source; a cache: flip-only data) gets them
         context = {
             "unfreeze": {"mode": "freezeout", **({"anneal_lr": True} if key == "scale_lr" else {})},
             "data": {"name": "hf:some-folder", "crop_pad": 0},
+            "routing": {},
         }
         base = {section: context.get(section, {})} if section in context else {}
         if section == "unfreeze":

@@ -22,6 +22,18 @@ def test_epochs_from_takes_the_last_override_else_default():
         epochs_from(["schedule.steps=100"], 3.0)
 
 
+def test_freezing_headline_is_the_headline_arm_against_the_full_fine_tune():
+    from zoo.bench.suites.unfreeze import FINE_TUNES, HEADLINE_ARM, freezing_headline
+
+    assert HEADLINE_ARM in FINE_TUNES and "full_ft" in FINE_TUNES
+    records = [{"arm": "full_ft", "acc": a, "wall_clock_s": w} for a, w in ((0.96, 110.0), (0.97, 112.0))]
+    records += [{"arm": HEADLINE_ARM, "acc": a, "wall_clock_s": w} for a, w in ((0.955, 80.0), (0.96, 82.0))]
+    records += [{"arm": "linear_probe", "acc": 0.7, "wall_clock_s": 30.0}]
+    h = freezing_headline(records)
+    assert h["headline_arm"] == HEADLINE_ARM
+    assert h["speedup"] == pytest.approx(111.0 / 81.0) and h["acc_delta"] == pytest.approx(-0.75)
+
+
 def test_without_key():
     assert without_key(["schedule.epochs=2", "data.train_subset=5", " schedule.epochs =3"], "schedule.epochs") == [
         "data.train_subset=5"
@@ -74,6 +86,7 @@ def test_attention_arms_build_on_the_fashion_mnist_model():
         assert m.model_args.get("attn_type", "dense") == (args.get("attn_type") or "dense"), name
 
 
+@pytest.mark.slow  # 0.5-2 minutes alone: every arm of the suite trained end to end on a subset
 def test_routing_experiment_end_to_end_on_a_subset(tmp_path, fmnist):
     tiny = ["data.train_subset=256", "data.test_subset=256", "data.batch_size=64", "schedule.epochs=1"]
     records, extra = routing_accuracy([0.25], [0], tmp_path, tiny, allow_mismatch=False)
@@ -121,6 +134,7 @@ def test_every_growth_arm_has_a_bundled_recipe_and_a_distinct_control_name():
     assert not set(names) & {"dense", *every}
 
 
+@pytest.mark.slow  # 0.5-2 minutes alone: every arm of the suite trained end to end on a subset
 def test_growth_long_suite_end_to_end_on_a_subset(tmp_path, fmnist):
     from zoo.bench.suites import SUITES
     from zoo.hub import load_folder
@@ -149,6 +163,7 @@ def test_growth_long_suite_end_to_end_on_a_subset(tmp_path, fmnist):
         assert len(grown.blocks) == 6 and grown.blocks[0].mlp.fc1.out_features == 256
 
 
+@pytest.mark.slow  # 0.5-2 minutes alone: every arm of the suite trained end to end on a subset
 def test_growth_equal_time_suite_end_to_end_on_a_subset(tmp_path, fmnist):
     from zoo.bench.suites import SUITES
     from zoo.bench.suites.growth import GROWTH_LONG_SPEEDUP
@@ -202,6 +217,7 @@ def test_convert_suite_end_to_end_on_a_subset(tmp_path, fmnist, monkeypatch):
     assert res["eval_split"] == "test" and 0 < res["dense_acc"] <= 1
 
 
+@pytest.mark.slow  # 0.5-2 minutes alone: every arm of the suite trained end to end on a subset
 def test_growth_baseline_suite_end_to_end_on_a_subset(tmp_path, fmnist):
     from zoo.bench.suites import SUITES
     from zoo.bench.suites.growth_baseline import GROWTH_BASELINE_ARM, GROWTH_BASELINE_RECIPE

@@ -1,8 +1,11 @@
-"""The README's main job, `zoo demo`: its recipe composes growth, unfreezing and routing on the published model,
-and the command (shortened by --set) evaluates before/after for real and exports a loadable, grown, routed folder."""
+"""The README's main job, `zoo demo`: from the published base (its bundled hub folder), a better model (grown while
+fine-tuning) and a faster one (token merging, distilled from the base), evaluated on the same split, timed side by
+side, exported as hub-ready folders whose cards name the base; shortened here by --set."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import pytest
@@ -10,15 +13,13 @@ import timm
 import torch
 
 from zoo.cli.main import main
-from zoo.cli.train import DEMO_RECIPE
+from zoo.demo import BASE, DEMO_MODELS
 from zoo.models.pretrained import CHECKOUT, LOCAL_DIR, resolve_local_dir
-from zoo.nn.routing import RoutedBlock
-from zoo.training.recipe import load_recipe
-from zoo.training.recipe_lookup import resolve_recipe_path
 
 SOURCE = "local-dir:model_cards/zoo_vit_micro_p7.fmnist"
-# 512 images / batch 128 = 4 steps an epoch, 4 epochs: growth at step 2, an unfreeze boundary almost every step
-SETS = ["data.train_subset=512", "data.test_subset=200", "schedule.epochs=4", "train.log_every=2"]
+# 512 images / batch 128 = 4 steps an epoch, 2 epochs each
+SETS = ["data.train_subset=512", "data.test_subset=200", "schedule.epochs=2", "train.log_every=2"]
+JSON_KEYS = {"name", "top1", "infer_img_per_s", "params", "gflops", "train_s"}
 
 
 def test_local_dir_resolves_from_cwd_then_checkout(tmp_path, monkeypatch):
@@ -30,107 +31,116 @@ def test_local_dir_resolves_from_cwd_then_checkout(tmp_path, monkeypatch):
     assert resolve_local_dir(SOURCE) == SOURCE, "a folder in the working directory wins (runs/ outputs live there)"
 
 
-def test_demo_recipe_composes_growth_unfreezing_and_routing(tmp_path, monkeypatch, fmnist):
-    from zoo.data.datasets import build_datasets
-    from zoo.training.stage_plan import StagePlan, apply_structure, build_model, set_step_values
-
-    monkeypatch.chdir(tmp_path)  # the bundled model must resolve from any working directory
-    recipe = load_recipe(resolve_recipe_path(DEMO_RECIPE))
-    assert recipe.model.pretrained == SOURCE
-    bundle = build_datasets("fashion-mnist", train_subset=64, test_subset=64)
-    published = timm.create_model("zoo_vit_micro_p7.fmnist", pretrained=True).eval()
-    model = build_model(recipe, bundle).eval()
-    assert len(model.blocks) == 6 and [isinstance(b, RoutedBlock) for b in model.blocks] == [False, True] * 3
-
-    total = 936  # 2 epochs of 468 steps
-    plan = StagePlan.from_recipe(recipe, total)
-    plan.validate(model)
-    assert plan.growth_steps == [94], "one growth event, at 10%"
-    apply_structure(model, plan, 0)
-    set_step_values(model, plan, 0)
-    x = torch.randn(4, 1, 28, 28)
-    with torch.no_grad():  # converted to routed blocks at capacity 1.0: still the published function
-        torch.testing.assert_close(model(x), published(x), atol=1e-5, rtol=0)
-
-    firsts, depth = [], {}
-    for step in range(total):
-        if step == 94:  # the growth boundary: the `zero` operator keeps the (annealing, routed) model's function
-            set_step_values(model, plan, step)
-            with torch.no_grad():
-                y_before = model.eval()(x)
-        if plan.changes_at(step):
-            apply_structure(model, plan, step)
-        set_step_values(model, plan, step)
-        if step == 94:
-            with torch.no_grad():
-                torch.testing.assert_close(model.eval()(x), y_before, atol=1e-5, rtol=0)
-        firsts.append(plan.describe(step)["trainable_from"])
-        depth[step] = len(model.blocks)
-    assert depth[93] == 6 and depth[94] == 8
-    assert firsts[0] == 7 and firsts[-1] == 0, "head only at the start, everything by the end (top-down)"
-    assert all(a >= b for a, b in zip(firsts, firsts[1:])) and len(set(firsts)) == 8
-    caps = [b.capacity for b in model.blocks if isinstance(b, RoutedBlock)]
-    assert [isinstance(b, RoutedBlock) for b in model.blocks] == [False, True] * 4 and caps == [0.5] * 4
+def _demo(tmp, *extra: str) -> tuple[int, str]:
+    argv = ["demo", "--out", str(tmp / "demo"), "--profile-batch", "32", "--profile-rounds", "2", "--no-progress"]
+    argv += [*extra, *(x for s in SETS for x in ("--set", s))]
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text), pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp)  # not the checkout: the base's model_cards/ folder must still resolve
+        rc = main(argv)
+    return rc, text.getvalue()
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory, fmnist):
-    import contextlib
-    import io
-
     tmp = tmp_path_factory.mktemp("demo")
-    out = tmp / "demo"
-    argv = ["demo", "--out", str(out), "--profile-batch", "32", "--profile-rounds", "2", "--no-progress"]
-    argv += [x for s in SETS for x in ("--set", s)]
-    text = io.StringIO()
-    with contextlib.redirect_stdout(text), pytest.MonkeyPatch.context() as mp:
-        mp.chdir(tmp)  # not the checkout: the recipe's model_cards/ path must still resolve
-        assert main(argv) == 0
-    return out, text.getvalue()
+    rc, text = _demo(tmp, "--json")
+    assert rc == 0
+    return tmp / "demo", json.loads(text)  # stdout is the one JSON object (progress lines go to stderr)
 
 
-def test_demo_evaluates_before_and_after_for_real(demo_run):
+def test_demo_json_has_the_base_and_one_object_per_model(demo_run):
+    out, printed = demo_run
+    assert printed["base"] == "zoo_vit_micro_conv16_p4.fmnist"
+    assert [m["name"] for m in printed["models"]] == [printed["base"], *(m.name for m in DEMO_MODELS)]
+    for m in printed["models"]:
+        assert set(m) == JSON_KEYS
+        assert 0 < m["top1"] <= 1 and m["infer_img_per_s"] > 0 and m["params"] > 0 and m["gflops"] > 0
+        assert m["train_s"] > 0, "the base's from its published record, the others from their runs"
+    base, better, faster = printed["models"]
+    assert better["params"] > base["params"], "grown: more parameters"
+    assert faster["gflops"] < base["gflops"] and faster["params"] == base["params"], "merging: fewer FLOPs, no weights"
+    for name in ("demo.json", "demo.md", "demo.png"):
+        assert (out / name).is_file(), name
+
+
+def test_demo_evaluates_every_model_for_real(demo_run):
     from zoo.training.evaluation import evaluate_source
 
-    out, text = demo_run
-    s = json.loads((out / "demo.json").read_text())
-    before, after = s["before"], s["after"]
-    assert before["n"] == after["n"] == 200, "both on the recipe's test subset"
-    again = evaluate_source(resolve_local_dir(SOURCE), "fashion-mnist", test_subset=200)
-    assert before["acc"] == again["acc"] and before["acc"] > 0.8, "the published weights, not a fresh model"
-    exported = evaluate_source(f"local-dir:{out / 'export'}", "fashion-mnist", test_subset=200)
-    assert after["acc"] == exported["acc"] == pytest.approx(s["run_final_acc"], abs=1e-9)
-    assert after["acc"] > 0.5, "fine-tuned from the published weights (a fresh model cannot reach this in 16 steps)"
-    assert s["train"]["steps"] == 16 and not s["train"]["reused"]
-    assert after["params"] > before["params"] and after["infer_img_per_s"] > 0 and before["flops_per_img"] > 0
-    for words in ("before (published)", "after (fine-tuned)", f"{before['acc'] * 100:.2f}%", str(out / "export")):
-        assert words in text
+    out, printed = demo_run
+    base = printed["models"][0]
+    again = evaluate_source(resolve_local_dir(BASE), "fashion-mnist", test_subset=200)
+    assert base["top1"] == again["acc"] and base["top1"] > 0.8, "the published weights, not a fresh model"
+    summary = json.loads((out / "demo.json").read_text())
+    for entry, m in zip(summary["models"][1:], DEMO_MODELS):
+        exported = evaluate_source(f"local-dir:{out / m.name}", "fashion-mnist", test_subset=200)
+        assert entry["top1"] == exported["acc"] == pytest.approx(entry["run_final_acc"], abs=1e-9)
+        assert entry["top1"] > 0.6, "fine-tuned from the published weights (a fresh model cannot in 8 steps)"
+        assert entry["steps"] == 8 and entry["reused"] is False
 
 
-def test_demo_exports_a_grown_routed_hub_folder_with_card(demo_run):
+def test_demo_exports_loadable_folders_whose_cards_name_the_base(demo_run):
     from zoo.hub import load_model
 
     out, _ = demo_run
-    folder = out / "export"
-    cfg = json.loads((folder / "config.json").read_text())
-    args = cfg["model_args"]
-    assert args["depth"] == 8
-    assert args["routing"]["capacity"] == 0.5 and args["routing"]["layers"] == "every_other"
-    model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
-    assert len(model.blocks) == 8 and sum(isinstance(b, RoutedBlock) for b in model.blocks) == 4
-    ours = load_model(f"local-dir:{folder}").eval()
-    x = torch.randn(2, 1, 28, 28)
-    with torch.no_grad():  # timm's own loader reads the trained weights (not just the architecture)
-        torch.testing.assert_close(model(x), ours(x), atol=0, rtol=0)
-    card = (folder / "README.md").read_text()
-    assert "base_model: growzoo/zoo_vit_micro_p7.fmnist" in card
-    assert all(t in card for t in ("token-routing", "progressive-growth", "gradual-unfreezing"))
+    for m in DEMO_MODELS:
+        folder = out / m.name
+        model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+        ours = load_model(f"local-dir:{folder}").eval()
+        x = torch.randn(2, 1, 28, 28)
+        with torch.no_grad():  # timm's own loader reads the trained weights (not just the architecture)
+            torch.testing.assert_close(model(x), ours(x), atol=0, rtol=0)
+        card = (folder / "README.md").read_text()
+        assert "base_model: growzoo/zoo_vit_micro_conv16_p4.fmnist" in card, m.name
+    better = json.loads((out / DEMO_MODELS[0].name / "config.json").read_text())["model_args"]
+    faster = json.loads((out / DEMO_MODELS[1].name / "config.json").read_text())["model_args"]
+    assert better["depth"] == 8 and faster["merging"]["r"] == 16
 
 
-def test_finished_demo_run_is_recognised_for_reuse(demo_run):
-    from zoo.demo import finished_run
+def test_demo_resume_reuses_the_finished_runs_and_its_kept_copy_renders_in_readme(demo_run):
+    out, printed = demo_run
+    kept = out.parent / "results" / "demo"
+    rc, text = _demo(out.parent, "--resume", "--keep", str(kept))
+    assert rc == 0
+    readme = out.parent / "README.md"
+    readme.write_text(
+        "# x\n<!-- demo:start -->\nSTALE-DEMO-SECTION\n<!-- demo:end -->\n<!-- zoo:start -->\n<!-- zoo:end -->\n"
+    )
+    assert main(["readme", "--bench-dir", str(kept.parent), "--readme", str(readme)]) == 0
+    section = readme.read_text().split("<!-- demo:start -->")[1].split("<!-- demo:end -->")[0]
+    assert "STALE-DEMO-SECTION" not in section and all(m.name in section for m in DEMO_MODELS) and "demo.png" in section
+    summary = json.loads((out / "demo.json").read_text())
+    assert [e["reused"] for e in summary["models"][1:]] == [True, True]
+    assert [e["top1"] for e in summary["models"]] == [m["top1"] for m in printed["models"]]
+    for words in ("better: zoo_vit_micro_conv16_p4_d8.fmnist_grown", "(reused)", "demo total", "demo.png"):
+        assert words in text
 
+
+def test_demo_refuses_a_different_run_without_force(demo_run, capsys):
     out, _ = demo_run
-    path = resolve_recipe_path(DEMO_RECIPE)
-    assert finished_run(out, load_recipe(path, SETS))
-    assert not finished_run(out, load_recipe(path, [*SETS, "optim.lr=0.001"])), "another recipe is not reused"
+    before = (out / "demo.json").read_text()
+    rc, _ = _demo(out.parent, "--set", "optim.lr=0.001")
+    assert rc == 2 and "already holds a run" in capsys.readouterr().err
+    assert (out / "demo.json").read_text() == before, "nothing overwritten"
+
+
+def test_scratch_cost_is_quoted_only_for_the_same_recipe(tmp_path):
+    from zoo.demo.scratch_cost import scratch_quote
+    from zoo.training.recipe import load_recipe
+    from zoo.training.recipe_lookup import resolve_recipe_path
+
+    recipe = load_recipe(resolve_recipe_path("fmnist_conv16_grown"), [f"model.pretrained={BASE}"])
+    suite = tmp_path / "grow-pretrained-conv16"
+    kept = suite / "grown" / "seed1"
+    kept.mkdir(parents=True)
+    (kept / "recipe.yaml").write_text(resolve_recipe_path("fmnist_conv16_grown").read_text())
+    stat = {"mean": 0.9, "ci_low": 0.89, "ci_high": 0.91}
+    arms = [{"arm": "scratch", "n": 3, "acc": stat, "wall_clock_s": {"mean": 1000.0}},
+            {"arm": "grown", "n": 3, "acc": {**stat, "mean": 0.905}, "wall_clock_s": {"mean": 400.0}}]  # fmt: skip
+    manifest = {"cpu_model": "X", "cpu_capability": "AVX512", "cpu_count": 2, "created_at": "2026-12-03T00:00"}
+    (suite / "summary.json").write_text(json.dumps({"quick": False, "arms": arms, "manifest": manifest}))
+    q = scratch_quote(tmp_path, "grow-pretrained-conv16", recipe)
+    assert q["scratch_train_s"] == 1000.0 and q["grown_train_s"] == 400.0 and q["seeds"] == 3
+    other = load_recipe(resolve_recipe_path("fmnist_conv16_grown"), ["optim.lr=0.001"])
+    assert scratch_quote(tmp_path, "grow-pretrained-conv16", other) is None, "another recipe: no quote"
+    assert scratch_quote(tmp_path, "missing-suite", recipe) is None

@@ -130,6 +130,8 @@ def test_freezeout_anneal_needs_freezeout_mode():
         recipe_from_dict({"unfreeze": {"mode": "gradual", "anneal_lr": True}})
     with pytest.raises(RecipeError, match="unfreeze.every"):
         recipe_from_dict({"unfreeze": {"mode": "freezeout", "every": 1.5}})
+    with pytest.raises(RecipeError, match="unfreeze.start: the first group freezes at 0.03, inside schedule.warmup"):
+        recipe_from_dict({"unfreeze": {"mode": "freezeout", "start": 0.03, "anneal_lr": True, "scale_lr": True}})
     with pytest.raises(RecipeError, match="unfreeze.scale_lr"):
         recipe_from_dict({"unfreeze": {"mode": "freezeout", "scale_lr": True}})
     with pytest.raises(RecipeError, match="unfreeze.start"):

@@ -288,6 +288,7 @@ def test_zoovit_only_features_are_clear_errors():
 
 
 # ---------------------------------------------------------------------------------------------------- training
+@pytest.mark.slow  # about a minute of training; the family's contract tests stay in the default suite
 def test_short_training_clearly_beats_chance(fmnist):
     # 2048 training images, 3 epochs (192 steps of 32) of the small 1+1-block model, evaluated on 1000 test images.
     # Chance is 10%; measured 50-56% over seeds 0-2 (about 7 s on one thread). 40% is far beyond what a model whose

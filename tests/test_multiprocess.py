@@ -235,7 +235,7 @@ def test_torchrun_without_accelerate_use_cpu_still_forms_one_group(reference, ho
 
 def test_world_size_mismatch_is_refused(monkeypatch, tmp_path):
     # if Accelerate ever sees fewer processes than torchrun started (the independent-copies failure), training refuses
-    import zoo.training.trainer
+    import zoo.training.run_setup
     from zoo.training.recipe import recipe_from_dict
 
     class SingleProcess:
@@ -244,7 +244,7 @@ def test_world_size_mismatch_is_refused(monkeypatch, tmp_path):
         def __init__(self, **kwargs):
             pass
 
-    monkeypatch.setattr(zoo.training.trainer, "Accelerator", SingleProcess)
+    monkeypatch.setattr(zoo.training.run_setup, "Accelerator", SingleProcess)
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(RuntimeError, match="ACCELERATE_USE_CPU=1 torchrun"):
-        zoo.training.trainer.make_accelerator(recipe_from_dict(RECIPE), tmp_path, "fp32")
+        zoo.training.run_setup.make_accelerator(recipe_from_dict(RECIPE), tmp_path, "fp32")

@@ -94,12 +94,58 @@ def test_router_receives_gradient():
     assert blk.router.weight.grad is not None and blk.router.weight.grad.abs().sum() > 0
 
 
+def test_tanh_weight_is_bounded_reaches_skipped_tokens_and_teaches_the_router_through_them():
+    torch.manual_seed(0)
+    blk = RoutedBlock(32, 2, capacity=0.25, num_prefix_tokens=1, weight="tanh", weight_scale=0.3).train()
+    with torch.no_grad():
+        blk.router.weight.normal_(0, 0.5)
+    x = torch.randn(2, 17, 32)
+    scores = blk.scores(x)
+    idx = select_topk(scores, capacity_to_k(16, 0.25))
+    skipped = torch.ones(2, 16, dtype=torch.bool)
+    skipped[torch.arange(2)[:, None], idx] = False
+    out = blk(x)
+    w = 1 + 0.3 * torch.tanh(scores)
+    assert ((w >= 0.7) & (w <= 1.3)).all()
+    torch.testing.assert_close(out[:, 1:][skipped], (x[:, 1:] * w[..., None])[skipped], rtol=1e-6, atol=1e-6)
+    out[:, 1:][skipped].pow(2).sum().backward()  # a loss on the skipped tokens only
+    assert blk.router.weight.grad.abs().sum() > 0, "the router learns from the tokens it skips"
+    mod = RoutedBlock(32, 2, capacity=0.25, num_prefix_tokens=1).train()
+    mod.load_state_dict(blk.state_dict())
+    out = mod(x)
+    assert torch.equal(out[:, 1:][skipped], x[:, 1:][skipped]), "MoD's sigmoid weight leaves skipped tokens alone"
+    out[:, 1:][skipped].pow(2).sum().backward()
+    assert mod.router.weight.grad is None or mod.router.weight.grad.abs().sum() == 0
+
+
+def test_both_weights_equal_the_unweighted_block_at_zero_init():
+    torch.manual_seed(0)
+    x = torch.randn(2, 17, 32)
+    outs = []
+    for weight in ("sigmoid", "tanh"):
+        torch.manual_seed(1)
+        outs.append(RoutedBlock(32, 2, capacity=0.5, num_prefix_tokens=1, weight=weight).eval()(x))
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="routing.weight_scale"):
+        RoutedBlock(32, 2, weight="tanh", weight_scale=1.0)
+    from zoo.training.recipe import RecipeError, recipe_from_dict
+
+    with pytest.raises(RecipeError, match="routing.weight"):
+        recipe_from_dict({"routing": {"weight": "tanh", "router": "cls_attn"}})
+    r = recipe_from_dict({"routing": {"weight": "tanh", "weight_scale": 0.2}})
+    from zoo.training.stage_plan import routing_args
+
+    assert routing_args(r)["weight"] == "tanh" and routing_args(r)["weight_scale"] == 0.2
+    assert "weight" not in routing_args(recipe_from_dict({"routing": {}})), "old model args unchanged"
+
+
 @pytest.mark.parametrize(
     "routing",
     [
         {"capacity": 1.0, "layers": "all"},
         {"capacity": 1.0, "layers": "every_other", "context": "all"},
         {"capacity": 1.0, "layers": "all", "router": "cls_attn"},
+        {"capacity": 1.0, "layers": "all", "weight": "tanh", "weight_scale": 0.5},
     ],
 )
 def test_dense_to_routed_conversion_is_exact_at_capacity_1(routing):

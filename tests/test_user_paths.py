@@ -91,7 +91,7 @@ def test_a_tracker_that_is_not_installed_is_an_error_before_anything_is_written(
 
 def test_trackers_get_the_resolved_recipe_as_flat_scalar_hparams():
     from zoo.training.recipe import recipe_from_dict
-    from zoo.training.trainer import flat_hparams
+    from zoo.training.run_setup import flat_hparams
 
     hp = flat_hparams(recipe_from_dict(tiny_recipe()).to_dict())
     assert hp["optim.lr"] == 0.003 and hp["model.args.depth"] == 2 and hp["optim.betas"] == "[0.9, 0.999]"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -63,6 +64,17 @@ def cmd_readme(args: argparse.Namespace) -> int:
     for summary_file, summary in sorted(summaries, key=lambda fs: not fs[1].get("quick")):
         update_readme(Path(args.readme), f"bench-{summary['suite']}", bench_markdown(summary))
         done.append(f"{summary['suite']} ({summary_file})")
+    demo = Path(args.bench_dir) / "demo" / "demo.json"
+    if demo.is_file():  # kept by `zoo demo --keep results/demo`
+        from zoo.demo import demo_markdown
+
+        body = demo_markdown(json.loads(demo.read_text()))
+        png = demo.with_suffix(".png")
+        if png.is_file():  # linked relative to the README, wherever it and the results are
+            link = Path(os.path.relpath(png.resolve(), Path(args.readme).resolve().parent)).as_posix()
+            body += f"\n\n![zoo demo: accuracy against inference throughput]({link})"
+        update_readme(Path(args.readme), "demo", body)
+        done.append(f"demo ({demo})")
     from zoo.bench.readme import zoo_table
     from zoo.models.pretrained import MODEL_CARDS
 

@@ -13,8 +13,6 @@ from pathlib import Path
 
 from zoo.training.recipe_lookup import resolve_recipe_path, schedules_dir
 
-DEMO_RECIPE = "demo_finetune"
-
 
 def cmd_list(args: argparse.Namespace) -> int:
     import timm
@@ -65,20 +63,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The README's main job (``zoo.demo``): fine-tune a published model, evaluate, profile and export it."""
-    from zoo.demo import format_demo, run_demo
+    """The README's main job (``zoo.demo``): from the published base, a better and a faster model, compared and
+    exported."""
+    import contextlib
+    import shutil
+    import sys
 
-    summary = run_demo(
-        resolve_recipe_path(DEMO_RECIPE),
-        Path(args.out),
-        args.set,
-        resume=args.resume,
-        force=args.force,
-        profile_batch=args.profile_batch,
-        profile_rounds=args.profile_rounds,
-        progress=not args.no_progress,
-    )
-    print("\n" + format_demo(summary))
+    from zoo.demo import demo_json, format_demo, run_demo
+
+    # with --json, stdout carries the one JSON object: the demo's and the trainer's lines go to stderr
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        summary = run_demo(
+            Path(args.out),
+            args.set,
+            resume=args.resume,
+            force=args.force,
+            profile_batch=args.profile_batch,
+            profile_rounds=args.profile_rounds,
+            progress=not args.no_progress and not args.json,
+        )
+    keep = Path(args.keep) if args.keep else None
+    if keep is not None and keep.resolve() != Path(args.out).resolve():  # the copy `zoo readme` renders
+        keep.mkdir(parents=True, exist_ok=True)
+        for name in ("demo.json", "demo.md", "demo.png"):
+            (keep / name).unlink(missing_ok=True)
+            if (Path(args.out) / name).is_file():
+                shutil.copy2(Path(args.out) / name, keep / name)
+    print(json.dumps(demo_json(summary)) if args.json else "\n" + format_demo(summary))
     return 0
 
 
@@ -114,14 +125,17 @@ def register(sub) -> None:
 
     s = sub.add_parser(
         "demo",
-        help="the main job: fine-tune the published default (growth, unfreezing, routing), evaluate and profile "
-        "before/after, export a hub-ready folder with its card",
+        help="the main job: from the published baseline, a better model (grown while fine-tuning) and a faster one "
+        "(token merging, distilled), compared side by side and exported as hub-ready folders with cards",
     )
-    s.add_argument("--out", default="runs/demo", help="run folder; the hub folder goes to OUT/export")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of the recipe")
-    s.add_argument("--resume", action="store_true", help="continue (or reuse) the run in --out")
-    s.add_argument("--force", action="store_true", help="replace a different run already in --out")
+    s.add_argument("--out", default="runs/demo", help="demo folder: runs/, one hub-ready folder per model, demo.json")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of each recipe")
+    s.add_argument("--resume", action="store_true", help="reuse finished runs in --out and continue interrupted ones")
+    s.add_argument("--force", action="store_true", help="replace different runs already in --out")
     s.add_argument("--profile-batch", type=int, default=256, help="batch of the side-by-side inference timing")
     s.add_argument("--profile-rounds", type=int, default=10, help="interleaved timing rounds (median)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--json", action="store_true", help="print one JSON object (base, models) instead of the table")
+    s.add_argument("--keep", metavar="DIR", help="also copy demo.json, demo.md and demo.png to DIR (results/demo: "
+                   "the copy `zoo readme` renders into README.md)")  # fmt: skip
     s.set_defaults(fn=cmd_demo)

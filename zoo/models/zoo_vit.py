@@ -248,6 +248,8 @@ class ZooViT(nn.Module):
             router=r.get("router", "linear"),
             context=r.get("context", "selected"),
             num_prefix_tokens=self.num_prefix_tokens,
+            weight=r.get("weight", "sigmoid"),
+            weight_scale=r.get("weight_scale", 0.5),
         )
 
     def make_feature_info(self) -> list[dict]:
@@ -493,6 +495,7 @@ default_cfgs = generate_default_cfgs(
             "zoo_vit_micro_conv16_p4.fmnist", fmnist_cfg(first_conv="patch_embed.conv.0")
         ),
         "zoo_vit_micro_conv16_p4": fmnist_cfg(first_conv="patch_embed.conv.0"),
+        "zoo_vit_micro_conv16_p4_d8": fmnist_cfg(first_conv="patch_embed.conv.0"),
         "zoo_vit_mini_p4": fmnist_cfg(),
     }
 )
@@ -570,6 +573,16 @@ def zoo_vit_micro_conv16_p4(pretrained: bool = False, **kwargs) -> ZooViT:
     model_args = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=4, num_heads=2,
                       mlp_ratio=2.0, global_pool="avg", stem="early", stem_width=16)  # fmt: skip
     return _create("zoo_vit_micro_conv16_p4", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def zoo_vit_micro_conv16_p4_d8(pretrained: bool = False, **kwargs) -> ZooViT:
+    """``zoo_vit_micro_conv16_p4`` at twice the depth (8 blocks): what growing the published lighter-stem baseline
+    makes (``schedules/fmnist_conv16_grown.yaml``, the demo's better model) and its from-scratch reference
+    (``fmnist_conv16_d8``)."""
+    model_args = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=8, num_heads=2,
+                      mlp_ratio=2.0, global_pool="avg", stem="early", stem_width=16)  # fmt: skip
+    return _create("zoo_vit_micro_conv16_p4_d8", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model

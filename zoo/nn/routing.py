@@ -26,6 +26,10 @@ from zoo.nn.block import Block
 
 ROUTERS = ("linear", "cls_attn")
 CONTEXTS = ("selected", "all")
+#: how a learned router's score weights tokens: ``sigmoid`` (MoD: processed tokens' residual times 2*sigmoid(s));
+#: ``tanh`` (p-MoD: 1 + a*tanh(s), bounded, on processed tokens' residual and on skipped tokens alike, so the router
+#: also learns from the tokens it skips)
+WEIGHTS = ("sigmoid", "tanh")
 
 
 def capacity_to_k(num_tokens: int, capacity: float) -> int:
@@ -51,7 +55,7 @@ def scatter_add_tokens(x: torch.Tensor, idx: torch.Tensor, delta: torch.Tensor) 
 
 
 #: the keys of a model's ``routing`` spec (the recipe's ``routing`` section adds its schedule: start, anneal)
-ROUTING_KEYS = frozenset({"capacity", "layers", "router", "context"})
+ROUTING_KEYS = frozenset({"capacity", "layers", "router", "context", "weight", "weight_scale"})
 
 
 def resolve_route_plan(depth: int, routing: dict | None) -> list[float | None]:
@@ -106,9 +110,15 @@ class RoutedBlock(Block):
         router: str = "linear",
         context: str = "selected",
         num_prefix_tokens: int = 1,
+        weight: str = "sigmoid",
+        weight_scale: float = 0.5,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        if weight not in WEIGHTS:
+            raise ValueError(f"routing.weight must be one of {WEIGHTS}, got {weight!r}")
+        if not 0.0 < weight_scale < 1.0:  # 1 + a*tanh(s) stays positive: a token is never negated or erased
+            raise ValueError(f"routing.weight_scale must be in (0, 1), got {weight_scale}")
         if router not in ROUTERS:
             raise ValueError(f"routing.router must be one of {ROUTERS}, got {router!r}")
         if context not in CONTEXTS:
@@ -120,6 +130,7 @@ class RoutedBlock(Block):
         self.router_type = router
         self.context = context
         self.num_prefix_tokens = num_prefix_tokens
+        self.weight, self.weight_scale = weight, float(weight_scale)
         dim = self.norm1.normalized_shape[0]
         self.router = nn.Linear(dim, 1) if router == "linear" else None
         if self.router is not None:
@@ -143,12 +154,18 @@ class RoutedBlock(Block):
         idx = torch.cat([prefix_idx, patch_idx + P], dim=1)  # B, P + k
         x_sel = gather_tokens(x, idx)
         delta = self.residual(x_sel, context=x if self.context == "all" else None)
-        if self.router is not None:
-            # MoD: the router learns only through this multiplication; r == 1 at zero init
-            gate = 2.0 * torch.sigmoid(scores.gather(1, patch_idx))
-            gate = torch.cat([gate.new_ones(B, P), gate], dim=1)
-            delta = delta * gate.unsqueeze(-1).to(delta.dtype)
+        if self.router is None:
+            return scatter_add_tokens(x, idx, delta)
+        if self.weight == "sigmoid":  # MoD: the router learns only through the processed tokens; 1 at zero init
+            w = 2.0 * torch.sigmoid(scores)
+        else:  # p-MoD: bounded in [1 - a, 1 + a]; 1 at zero init
+            w = 1.0 + self.weight_scale * torch.tanh(scores)
+        gate = torch.cat([w.new_ones(B, P), w.gather(1, patch_idx)], dim=1)
+        delta = delta * gate.unsqueeze(-1).to(delta.dtype)
+        if self.weight == "tanh" and k < N - P:  # skipped tokens carry the weight too (processed ones: 1 here)
+            keep = w.scatter(1, patch_idx, 1.0)
+            x = x * torch.cat([w.new_ones(B, P), keep], dim=1).unsqueeze(-1).to(x.dtype)
         return scatter_add_tokens(x, idx, delta)
 
     def extra_repr(self) -> str:
-        return f"capacity={self.capacity}, router={self.router_type}, context={self.context}"
+        return f"capacity={self.capacity}, router={self.router_type}, context={self.context}, weight={self.weight}"

@@ -218,7 +218,10 @@ def routing_summary(recipe: dict, total_steps: int) -> str | None:
         sched += f"(steps 0-{end}), then constant"
     else:
         sched = f"capacity {cap_s} throughout training"
-    return f"token routing on layers `{r['layers']}` ({r['router']} router, context `{r['context']}`): {sched}"
+    weight = ""
+    if r.get("weight", "sigmoid") == "tanh":
+        weight = f", token weight 1 + {_fmt(r.get('weight_scale', 0.5))} tanh(score) on processed and skipped tokens"
+    return f"token routing on layers `{r['layers']}` ({r['router']} router, context `{r['context']}`{weight}): {sched}"
 
 
 def unfreeze_summary(recipe: dict) -> str | None:

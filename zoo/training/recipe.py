@@ -41,6 +41,8 @@ SCHEMA_VERSION = 7
 ADDED_FIELDS: dict[str, tuple[int, Any]] = {
     "unfreeze.start": (7, None),
     "unfreeze.scale_lr": (7, False),
+    "routing.weight": (7, "sigmoid"),
+    "routing.weight_scale": (7, 0.5),
     "data.streaming": (6, False),
     "data.shuffle_buffer": (6, 10_000),
     "unfreeze.cache_prefix": (6, False),

@@ -23,9 +23,12 @@ def check_recipe(recipe: RecipeSchema, err) -> None:
     if recipe.growth is not None:
         _check_growth(recipe.growth, recipe.schedule.steps, err)
     if recipe.unfreeze is not None:
-        _check_unfreeze(recipe.unfreeze, recipe.schedule.steps, err)
+        _check_unfreeze(recipe.unfreeze, recipe.schedule.steps, recipe.schedule.warmup, err)
         if recipe.unfreeze.cache_prefix:
             _check_prefix_cache(recipe, err)
+    r = recipe.routing
+    if r is not None and r.weight != "sigmoid" and r.router != "linear":
+        raise err("routing.weight", f"weights tokens by a learned router's score: needs router linear, not {r.router}")
     if recipe.distill is not None and recipe.distill.teacher == "pretrained" and recipe.model.pretrained is None:
         raise err("distill.teacher", "'pretrained' names model.pretrained, which is not set: give a model source")
 
@@ -146,10 +149,16 @@ def _check_prefix_cache(recipe, err) -> None:
             raise err("unfreeze.cache_prefix", f"not available with a {section} section ({why})")
 
 
-def _check_unfreeze(u: UnfreezeConfig, total: int | None, err) -> None:
+def _check_unfreeze(u: UnfreezeConfig, total: int | None, warmup: float, err) -> None:
     if u.anneal_lr and u.mode != "freezeout":
         msg = f"anneals each group's LR to its freeze step: needs mode freezeout, not {u.mode}"
         raise err("unfreeze.anneal_lr", msg)
+    first_freeze = u.every if u.start is None else u.start
+    if u.anneal_lr and u.mode == "freezeout" and first_freeze <= warmup:
+        # the first group would freeze inside the warm-up: its LR would only ramp up and stop at its peak
+        field = "unfreeze.start" if u.start is not None else "unfreeze.every"
+        raise err(field, f"the first group freezes at {first_freeze:g}, inside schedule.warmup ({warmup:g}): with "
+                         "anneal_lr its LR would never decay; freeze later or shorten the warm-up")  # fmt: skip
     if u.scale_lr and not u.anneal_lr:
         raise err("unfreeze.scale_lr", "scales each group's annealed LR: needs anneal_lr: true")
     if u.start is not None and u.mode != "freezeout":

@@ -143,6 +143,10 @@ class RoutingConfig(Section):
     context: Literal["selected", "all"] = "selected"
     start: Capacity | None = None
     anneal: Fraction = 0.0
+    # a learned router's token weight: sigmoid (MoD, processed tokens) | tanh (p-MoD: 1 + weight_scale * tanh(score)
+    # on processed and skipped tokens, so the router learns from both)
+    weight: Literal["sigmoid", "tanh"] = "sigmoid"
+    weight_scale: Annotated[Float, Field(gt=0, lt=1)] = 0.5
 
 
 class GrowthStage(Section):

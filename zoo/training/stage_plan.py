@@ -30,7 +30,10 @@ def routing_args(recipe: Recipe) -> dict | None:
     r = recipe.routing
     if r is None:
         return None
-    return {"capacity": r.capacity, "layers": r.layers, "router": r.router, "context": r.context}
+    args = {"capacity": r.capacity, "layers": r.layers, "router": r.router, "context": r.context}
+    if r.weight != "sigmoid":  # only when set: the model args of runs from before the option stay as they were
+        args.update(weight=r.weight, weight_scale=r.weight_scale)
+    return args
 
 
 def merging_args(recipe: Recipe) -> dict | None:

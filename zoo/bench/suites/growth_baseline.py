@@ -70,18 +70,38 @@ def _recipe_epochs(name: str) -> float:
 
 
 # ------------------------------------------------------------------------------------------- grow-pretrained
-#: the published baseline grown while fine-tuning, and the same final architecture trained from scratch with the
-#: tuned recipe at its full schedule (schedules/)
-GROWN_RECIPE = "fmnist_baseline_grown"
-SCRATCH_RECIPE = "fmnist_baseline_d8"
+#: per suite: the published baseline grown while fine-tuning, and the same final architecture trained from scratch
+#: with the tuned recipe at its full schedule (schedules/). The conv16 pair grows the lighter-stem baseline, the
+#: base of `zoo demo`, whose better model quotes this suite's from-scratch cost.
+GROW_PRETRAINED = {
+    "grow-pretrained": ("fmnist_baseline_grown", "fmnist_baseline_d8"),
+    "grow-pretrained-conv16": ("fmnist_conv16_grown", "fmnist_conv16_d8"),
+}
 
 
-@suite("grow-pretrained")
-def grow_pretrained_suite(
-    quick: bool, out: Path, seeds: list[int], allow_mismatch: bool = False, overrides: list[str] | None = None
+def _grow_pretrained_suite(suite_name: str):
+    grown_recipe, scratch_recipe = GROW_PRETRAINED[suite_name]
+
+    def run(
+        quick: bool, out: Path, seeds: list[int], allow_mismatch: bool = False, overrides: list[str] | None = None
+    ) -> dict:
+        return grow_pretrained(grown_recipe, scratch_recipe, quick, out, seeds, allow_mismatch, overrides)
+
+    run.__doc__ = f"``grow_pretrained`` with {grown_recipe} against {scratch_recipe} from scratch."
+    return suite(suite_name)(run)
+
+
+def grow_pretrained(
+    grown_recipe: str,
+    scratch_recipe: str,
+    quick: bool,
+    out: Path,
+    seeds: list[int],
+    allow_mismatch: bool = False,
+    overrides: list[str] | None = None,
 ) -> dict:
-    """Grow the published baseline into a bigger model (``GROWN_RECIPE``; its clock starts from the published
-    weights) vs that architecture trained from scratch (``SCRATCH_RECIPE``). Headline keys: ``time_ratio`` (grown
+    """Grow a published baseline into a bigger model (``grown_recipe``; its clock starts from the published
+    weights) vs that architecture trained from scratch (``scratch_recipe``). Headline keys: ``time_ratio`` (grown
     wall-clock over scratch wall-clock, means over seeds), ``acc_delta`` (grown minus scratch, points) and
     ``acc_vs_base`` (grown minus the published model it started from, evaluated here on the same split, points).
     ``--quick``: a 10k-image subset, 1 epoch each, one seed (checks the path, not the goals)."""
@@ -89,13 +109,13 @@ def grow_pretrained_suite(
     overrides = list(overrides or [])
     if quick:
         overrides, seeds = ["data.train_subset=10000", "schedule.epochs=1", *overrides], seeds[:1]
-    grown = load_recipe(resolve_recipe_path(GROWN_RECIPE), overrides)
+    grown = load_recipe(resolve_recipe_path(grown_recipe), overrides)
     d = grown.data
     if d.val_split is not None:  # the published model was trained on those images: no fair comparison with it
-        raise ValueError("zoo bench grow-pretrained: data.val_split: the published base model saw the training set")
+        raise ValueError(f"{grown_recipe}: data.val_split: the published base model saw the training set")
     base = evaluate_source(grown.model.pretrained, d.name, path=d.path, batch_size=d.eval_batch_size,
                            classes=d.classes, test_subset=d.test_subset)  # fmt: skip
-    arms = [Arm("scratch", SCRATCH_RECIPE), Arm("grown", GROWN_RECIPE)]
+    arms = [Arm("scratch", scratch_recipe), Arm("grown", grown_recipe)]
     records = run_arms(arms, seeds, out / "runs", overrides, allow_mismatch)
     acc, wall = mean_by_arm(records, "acc"), mean_by_arm(records, "wall_clock_s")
     res: dict = {"headline_arm": "grown", "base_model": grown.model.pretrained, "base_acc_pct": 100 * base["acc"]}
@@ -104,3 +124,7 @@ def grow_pretrained_suite(
     res["acc_delta"] = 100 * (acc["grown"] - acc["scratch"])
     res["acc_vs_base"] = 100 * (acc["grown"] - base["acc"])
     return res
+
+
+for _name in GROW_PRETRAINED:
+    _grow_pretrained_suite(_name)

@@ -70,8 +70,12 @@ def unfreeze_suite(
         arms = [Arm(arm, recipe, [src]) for arm, recipe in FINE_TUNES.items()]
         records = run_arms(arms, seeds, out / "runs", extra_overrides=overrides, allow_mismatch=allow_mismatch)
         res.update(arms_report(records, "full_ft", out))
-        acc, wall = mean_by_arm(records, "acc"), mean_by_arm(records, "wall_clock_s")
-        res["headline_arm"] = HEADLINE_ARM
-        res["speedup"] = wall["full_ft"] / wall[HEADLINE_ARM]
-        res["acc_delta"] = 100 * (acc[HEADLINE_ARM] - acc["full_ft"])
+        res.update(freezing_headline(records))
     return res
+
+
+def freezing_headline(records: list[dict], arm: str = HEADLINE_ARM, reference: str = "full_ft") -> dict:
+    """The goal's numbers: ``speedup`` (the reference's mean wall-clock over the arm's) and ``acc_delta`` (mean
+    accuracy difference, points)."""
+    acc, wall = mean_by_arm(records, "acc"), mean_by_arm(records, "wall_clock_s")
+    return {"headline_arm": arm, "speedup": wall[reference] / wall[arm], "acc_delta": 100 * (acc[arm] - acc[reference])}

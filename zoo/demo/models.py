@@ -1,0 +1,46 @@
+"""What ``zoo demo`` makes from the published base: the models, the recipes that make them, and where the measured
+from-scratch cost of a bigger model is kept."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: the published tuned baseline the demo starts from, loaded as a user loads it: its hub folder (the bundled copy
+#: under model_cards/ stands in for hf-hub:growzoo/zoo_vit_micro_conv16_p4.fmnist). The lighter-stem baseline: its
+#: transformer blocks carry most of its FLOPs, so token merging can make it faster (README, "The zoo").
+BASE = "local-dir:model_cards/zoo_vit_micro_conv16_p4.fmnist"
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    """One model the demo makes from the base.
+
+    ``role``: what it is for (``better``: more accurate; ``faster``: more images per second); ``name``: its hub-ready
+    folder's name, the model's name in the table and JSON; ``recipe``: the recipe in
+    schedules/ that makes it (its ``model.pretrained`` is set to the base); ``how``: what the recipe does, in a few
+    words. ``scratch_suite``: the ``zoo bench`` suite whose kept runs (``results/SUITE``) trained this same recipe
+    and, as arm ``scratch``, the same final architecture from scratch: the demo quotes that cost instead of paying
+    it again."""
+
+    role: str
+    name: str
+    recipe: str
+    how: str
+    scratch_suite: str | None = None
+
+
+DEMO_MODELS = (
+    DemoModel(
+        role="better",
+        name="zoo_vit_micro_conv16_p4_d8.fmnist_grown",
+        recipe="fmnist_conv16_grown",
+        how="grown 4 -> 8 blocks while fine-tuning",
+        scratch_suite="grow-pretrained-conv16",
+    ),
+    DemoModel(
+        role="faster",
+        name="zoo_vit_micro_conv16_p4.fmnist_merged",
+        recipe="fmnist_baseline_to_merged",
+        how="token merging (ToMe r=16), distilled from the base",
+    ),
+)

@@ -1,0 +1,106 @@
+"""The demo's outputs for people: the comparison table (terminal and README markdown) and the accuracy-against-
+throughput plot. Pure functions of the summary ``zoo.demo.run`` writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from zoo.utils.units import si
+
+
+def _rows(s: dict) -> list[list[str]]:
+    base = s["models"][0]
+    rows = []
+    for e in s["models"]:
+        is_base = e is base
+        delta = "" if is_base else f" ({(e['top1'] - base['top1']) * 100:+.2f} pt)"
+        speed = "" if is_base else f" (x{e['infer_img_per_s'] / base['infer_img_per_s']:.2f})"
+        train = "-" if e.get("train_s") is None else f"{e['train_s']:.0f}"
+        if not is_base and e.get("reused"):
+            train += " (reused)"
+        rows.append([
+            f"{e['role']}: {e['name']}", e["how"], f"{e['top1'] * 100:.2f}%{delta}", si(e["params"]),
+            f"{e['gflops']:.4f}", f"{e['infer_img_per_s']:.0f}{speed}", train,
+        ])  # fmt: skip
+    return rows
+
+
+def _header(s: dict) -> list[str]:
+    n, batch = s["models"][0]["n_test"], s["profile"]["batch"]
+    return ["model", "how", f"top-1 ({n} test images)", "params", "GFLOPs / image", f"inference img/s (batch {batch})",
+            "training s"]  # fmt: skip
+
+
+def _notes(s: dict) -> list[str]:
+    lines = []
+    for e in s["models"]:
+        q = e.get("scratch")
+        if q:
+            lines.append(
+                f"{e['name']} trained from scratch with the tuned recipe (not re-run: `zoo bench {q['suite']}`, "
+                f"{q['seeds']} seeds, {q['cpu']}, {q['date']}): {q['scratch_acc'] * 100:.2f}% "
+                f"[{q['scratch_acc_ci'][0] * 100:.2f}, {q['scratch_acc_ci'][1] * 100:.2f}] "
+                f"in {q['scratch_train_s']:.0f} s; "
+                f"grown from the base there: {q['grown_acc'] * 100:.2f}% in {q['grown_train_s']:.0f} s "
+                f"({q['grown_train_s'] / q['scratch_train_s']:.2f} of the time)"
+            )
+        elif e["role"] == "better":
+            lines.append(f"{e['name']}: no measured from-scratch run of this recipe's architecture to quote")
+    m = s["machine"]
+    p = s["profile"]
+    threads = (m.get("torch_threads") or {}).get("num_threads")
+    lines.append(
+        f"accuracy: each model on the same test split (the new ones from their exported folders); inference: median "
+        f"of {p['rounds']} interleaved rounds of batch {p['batch']} per model; machine: {m.get('cpu_model')} "
+        f"({m.get('cpu_capability')}), {m.get('cpu_count')} cores, {threads} threads; demo total "
+        f"{s['seconds']:.0f} s"
+    )
+    return lines
+
+
+def format_demo(s: dict) -> str:
+    """The terminal table, then the notes and how to load the exported folders."""
+    rows = [_header(s), *_rows(s)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines += ["", *_notes(s), ""]
+    out = Path(s["out"])
+    for e in s["models"][1:]:
+        lines.append(f"{e['role']} model: hub-ready folder {out / e['name']} (card: README.md inside); load it with "
+                     f"timm.create_model('local-dir:{out / e['name']}', pretrained=True)")  # fmt: skip
+    lines.append(f"plot: {out / s['plot']}" if s.get("plot") else "plot: not written (pip install growzoo[plots])")
+    return "\n".join(lines)
+
+
+def demo_markdown(s: dict) -> str:
+    """The README section: the same table and notes in markdown."""
+    rows = [_header(s), *_rows(s)]
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    return "\n".join([*lines, "", *(f"- {n}" for n in _notes(s))])
+
+
+def plot_demo(s: dict, path: Path) -> bool:
+    """Accuracy against inference throughput, one point per model, each labelled with its training time; False
+    (nothing written) without matplotlib, which is an optional extra."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return False
+    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for e in s["models"]:
+        x, y = e["infer_img_per_s"], e["top1"] * 100
+        ax.scatter([x], [y], s=40)
+        train = "published" if e["role"] == "base" else f"trained {e['train_s']:.0f} s"
+        ax.annotate(f"{e['role']}: {e['name']}\n{train}", (x, y), textcoords="offset points", xytext=(6, 6),
+                    fontsize=8)  # fmt: skip
+    ax.set_xlabel(f"inference img/s (batch {s['profile']['batch']})")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(f"zoo demo: from {s['base']}")
+    ax.margins(0.25)
+    fig.savefig(path, dpi=120)
+    return True
