@@ -26,18 +26,18 @@ from zoo.publish.export import export_run
 from zoo.training.evaluation import evaluate_source
 from zoo.training.recipe import Recipe, RecipeError, load_recipe
 from zoo.training.recipe_lookup import resolve_recipe_path
+from zoo.training.run_folder import MANIFEST_FILE, RESULT_FILE
 from zoo.training.trainer import train
 from zoo.utils.manifest import collect_manifest, recipe_hash, write_json_atomic
 
 SUMMARY_NAME, TABLE_NAME, PLOT_NAME = "demo.json", "demo.md", "demo.png"
-RESULT_FILE = "result.json"
 
 
 def finished_run(out: Path, recipe: Recipe) -> bool:
     """``out`` holds a completed run of exactly this recipe (``result.json`` is written only at the end)."""
 
     try:
-        manifest = json.loads((out / "manifest.json").read_text())
+        manifest = json.loads((out / MANIFEST_FILE).read_text())
     except (OSError, json.JSONDecodeError):
         return False
     done = (out / RESULT_FILE).is_file() and (out / "model").is_dir()
