@@ -144,3 +144,32 @@ def test_scratch_cost_is_quoted_only_for_the_same_recipe(tmp_path):
     other = load_recipe(resolve_recipe_path("fmnist_conv16_grown"), ["optim.lr=0.001"])
     assert scratch_quote(tmp_path, "grow-pretrained-conv16", other) is None, "another recipe: no quote"
     assert scratch_quote(tmp_path, "missing-suite", recipe) is None
+
+
+def test_goal_checks_judge_each_role_from_the_measured_numbers():
+    from zoo.demo.report import demo_markdown, goal_checks
+
+    def model(role, top1, img_s):
+        return {"name": role, "role": role, "how": "-", "top1": top1, "infer_img_per_s": img_s, "params": 1,
+                "gflops": 0.01, "train_s": 1.0, "n_test": 10000}  # fmt: skip
+
+    s = {
+        "base": "base",
+        "models": [
+            model("base", 0.9086, 2000.0),
+            model("better", 0.9136, 1000.0),
+            model("faster", 0.9030, 2900.0),
+        ],  # fmt: skip
+        "profile": {"batch": 256, "rounds": 10},
+        "machine": {},
+        "seconds": 1.0,
+        "out": "x",
+    }
+    checks = {c["role"]: c for c in goal_checks(s)}
+    assert checks["better"]["met"] and checks["better"]["measured"] == "+0.50 pt"  # exactly the goal: met
+    assert not checks["faster"]["met"] and checks["faster"]["measured"] == "x1.45 at -0.56 pt"  # too inaccurate
+    s["models"][2]["top1"] = 0.9040
+    assert goal_checks(s)[1]["met"]
+    s["models"][1]["top1"] = 0.9135
+    assert not goal_checks(s)[0]["met"]
+    assert "goal (better): top-1 >= base + 0.5 pt: measured +0.49 pt: NOT met" in demo_markdown(s)

@@ -44,3 +44,11 @@ DEMO_MODELS = (
         how="token merging (ToMe r=16), distilled from the base",
     ),
 )
+
+#: what each role must show against the base (the main-job issue's goals): ``better`` at least ``acc_gain_pt`` points
+#: more accurate; ``faster`` at least ``speedup`` x the base's inference img/s within ``acc_loss_pt`` points of it.
+#: The demo reports each as measured, met or not, so its table never claims more than the numbers do.
+ROLE_GOALS = {
+    "better": {"acc_gain_pt": 0.5},
+    "faster": {"speedup": 1.4, "acc_loss_pt": 0.5},
+}

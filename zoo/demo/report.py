@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from zoo.demo.models import ROLE_GOALS
 from zoo.utils.units import si
 
 
@@ -23,6 +24,28 @@ def _rows(s: dict) -> list[list[str]]:
             f"{e['gflops']:.4f}", f"{e['infer_img_per_s']:.0f}{speed}", train,
         ])  # fmt: skip
     return rows
+
+
+def goal_checks(s: dict, goals: dict = ROLE_GOALS) -> list[dict]:
+    """Each new model against its role's goal, from the measured numbers: ``name``, ``role``, ``goal`` and
+    ``measured`` (text) and ``met``. A role without a goal is left out."""
+    base = s["models"][0]
+    checks = []
+    for e in s["models"][1:]:
+        g = goals.get(e["role"])
+        if not g:
+            continue
+        gain = round((e["top1"] - base["top1"]) * 100, 4)  # top-1 on 10k images moves in 0.01 pt: no float dust
+        speed = e["infer_img_per_s"] / base["infer_img_per_s"]
+        if e["role"] == "better":
+            goal, met = f"top-1 >= base + {g['acc_gain_pt']:g} pt", gain >= g["acc_gain_pt"]
+            measured = f"{gain:+.2f} pt"
+        else:
+            goal = f">= {g['speedup']:g}x the base's img/s within {g['acc_loss_pt']:g} pt"
+            met = speed >= g["speedup"] and gain >= -g["acc_loss_pt"]
+            measured = f"x{speed:.2f} at {gain:+.2f} pt"
+        checks.append({"name": e["name"], "role": e["role"], "goal": goal, "measured": measured, "met": bool(met)})
+    return checks
 
 
 def _header(s: dict) -> list[str]:
@@ -46,6 +69,8 @@ def _notes(s: dict) -> list[str]:
             )
         elif e["role"] == "better":
             lines.append(f"{e['name']}: no measured from-scratch run of this recipe's architecture to quote")
+    for c in goal_checks(s):
+        lines.append(f"goal ({c['role']}): {c['goal']}: measured {c['measured']}: {'met' if c['met'] else 'NOT met'}")
     m = s["machine"]
     p = s["profile"]
     threads = (m.get("torch_threads") or {}).get("num_threads")

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from zoo.demo.models import BASE, DEMO_MODELS, DemoModel
-from zoo.demo.report import demo_markdown, plot_demo
+from zoo.demo.report import demo_markdown, goal_checks, plot_demo
 from zoo.demo.scratch_cost import scratch_quote
 from zoo.hub import load_model
 from zoo.measure.compare import compare_models
@@ -110,6 +110,7 @@ def run_demo(
         "machine": _machine(),
         "out": str(out),
     }
+    summary["goals"] = goal_checks(summary)
     summary["seconds"] = time.perf_counter() - t_start
     (out / TABLE_NAME).write_text(demo_markdown(summary) + "\n")
     (out / PLOT_NAME).unlink(missing_ok=True)  # never leave an earlier demo's plot beside this table
