@@ -9,6 +9,7 @@ from zoo.bench.suites import (  # noqa: F401  (each registers its suites)
     growth_baseline,
     memory,
     routing,
+    routing_baseline,
     speed,
     unfreeze,
 )

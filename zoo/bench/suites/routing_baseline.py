@@ -1,0 +1,132 @@
+"""The ``routing-baseline`` suite: token routing from scratch on the tuned 49-token baseline at its full schedule,
+beside what users would try instead for the same training FLOPs.
+
+Arms, each trained for the baseline recipe's epochs (``schedules/fmnist_baseline_conv16.yaml``), one run per seed:
+- ``dense``: the baseline;
+- ``routed`` (the headline, fixed before the suite runs): ``schedules/fmnist_conv16_routed.yaml``;
+- ``dropped``: the baseline with random patch-token dropping in training (timm's ``PatchDropout``, identity at
+  inference), keeping as many tokens as makes one training step cost the routed model's FLOPs;
+- ``merged``: the baseline with ToMe token merging in training and inference, ``r`` matched the same way.
+Step times are taken round-robin on each arm's freshly built model beside the dense one (training at batch 128,
+inference at batch 256), so the throughput ratios come from one run; accuracy and wall-clock come from the arms'
+runs. The goals judge the headline's training speed-up and its accuracy against the dense arm at equal epochs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Hashable
+from pathlib import Path
+
+from zoo.bench.arms import mean_by_arm
+from zoo.bench.registry import suite
+from zoo.bench.report import arms_report
+from zoo.bench.runner import Arm, check_comparable, run_arms
+from zoo.data.datasets import build_datasets
+from zoo.measure.flops import step_flops
+from zoo.measure.steps import infer_step_fn, train_step_fn
+from zoo.measure.stopwatch import interleaved_times, speedup
+from zoo.training.recipe import load_recipe
+from zoo.training.recipe_lookup import resolve_recipe_path
+from zoo.training.stage_plan import build_model
+
+DENSE_RECIPE = "fmnist_baseline_conv16"
+ROUTED_RECIPE = "fmnist_conv16_routed"
+HEADLINE = "routed"
+#: the batches the step times are taken at: training as the recipes train, inference as the convert suite serves
+TRAIN_BATCH, INFER_BATCH = 128, 256
+
+
+def nearest_setting(costs: dict[Hashable, float], target: float) -> Hashable:
+    """The setting whose cost is nearest ``target``; on a tie the first listed (list the mildest reduction first)."""
+    return min(costs, key=lambda k: abs(costs[k] - target))
+
+
+def drop_rate_for(kept: int, num_patches: int) -> float:
+    """The ``patch_drop_rate`` at which timm's PatchDropout keeps exactly ``kept`` of ``num_patches`` tokens (it keeps
+    ``int(num_patches * (1 - rate))``: aiming half a token above the count keeps float rounding from losing one)."""
+    if not 1 <= kept <= num_patches:
+        raise ValueError(f"kept tokens must be in [1, {num_patches}], got {kept}")
+    if kept == num_patches:
+        return 0.0  # no dropping (PatchDropout is then not even built)
+    return round(1.0 - (kept + 0.5) / num_patches, 6)
+
+
+def matched_overrides(build: Callable[[list[str]], object], num_patches: int, target_flops: float) -> dict:
+    """Dropping and merging settings whose training step costs ``target_flops`` (the routed model's), each searched
+    over every setting there is (the counts are exact and cheap at batch 2). ``build(overrides)`` makes the dense
+    recipe's model with ``overrides``. Returns {arm: {"overrides": [...], "train_flops": ...}}."""
+
+    def train_flops(overrides: list[str]) -> float:
+        return float(step_flops(build(overrides), 2, train=True))
+
+    drops = {
+        kept: [f"model.args.patch_drop_rate={drop_rate_for(kept, num_patches)}"] for kept in range(num_patches, 0, -1)
+    }
+    merges = {r: [f"merging.r={r}"] for r in range(0, num_patches // 2 + 1)}  # ToMe merges at most half per block
+    out = {}
+    for arm, options in (("dropped", drops), ("merged", merges)):
+        costs = {k: train_flops(o) for k, o in options.items()}
+        best = nearest_setting(costs, target_flops)
+        out[arm] = {"overrides": options[best], "train_flops": costs[best]}
+    return out
+
+
+def speed_rows(models: dict, rounds: int) -> list[dict]:
+    """Per model: training and inference step-time speed-ups over ``dense``, timed round-robin in this run."""
+    train = interleaved_times(
+        {k: train_step_fn(m, TRAIN_BATCH) for k, m in models.items()}, rounds=rounds, warmup=1, progress="train steps"
+    )
+    infer = interleaved_times(
+        {k: infer_step_fn(m, INFER_BATCH) for k, m in models.items()}, rounds=rounds, warmup=2, progress="infer steps"
+    )
+    return [
+        {
+            "arm": k,
+            "train MFLOP/img": step_flops(m, 2, train=True) / 2e6,
+            "train_speedup": speedup(train, "dense", k),
+            f"infer_speedup b{INFER_BATCH}": speedup(infer, "dense", k),
+        }
+        for k, m in models.items()
+    ]
+
+
+@suite("routing-baseline")
+def routing_baseline_suite(
+    quick: bool, out: Path, seeds: list[int], allow_mismatch: bool = False, overrides: list[str] | None = None
+) -> dict:
+    """Routed from scratch vs the dense baseline, token dropping and token merging at the routed model's training
+    FLOPs, at equal epochs. ``--quick``: a 5,000-image subset for half an epoch, one seed (checks the path, not the
+    goals)."""
+    overrides = list(overrides or [])
+    rounds = 3 if quick else 10
+    if quick:
+        overrides, seeds = ["data.train_subset=5000", "schedule.epochs=0.5", *overrides], seeds[:1]
+    d = load_recipe(resolve_recipe_path(DENSE_RECIPE), overrides).data
+    bundle = build_datasets(d.name, path=d.path, classes=d.classes, test_subset=d.test_subset, val_split=d.val_split)
+
+    def build(recipe_name: str, extra: list[str]):
+        return build_model(load_recipe(resolve_recipe_path(recipe_name), [*overrides, *extra]), bundle)
+
+    dense = build(DENSE_RECIPE, [])
+    routed = build(ROUTED_RECIPE, [])
+    num_patches = dense.patch_embed.num_patches
+    matched = matched_overrides(lambda o: build(DENSE_RECIPE, o), num_patches, step_flops(routed, 2, train=True))
+    arms = [
+        Arm("dense", DENSE_RECIPE),
+        Arm(HEADLINE, ROUTED_RECIPE),
+        *(Arm(name, DENSE_RECIPE, m["overrides"]) for name, m in matched.items()),
+    ]
+    models = {"dense": dense, HEADLINE: routed} | {n: build(DENSE_RECIPE, m["overrides"]) for n, m in matched.items()}
+    (out / "matched.json").write_text(json.dumps(matched, indent=2) + "\n")
+    res: dict = {"headline_arm": HEADLINE, "matched": {n: m["overrides"] for n, m in matched.items()}}
+    res["rows"] = speed_rows(models, rounds)
+    head = next(r for r in res["rows"] if r["arm"] == HEADLINE)
+    res.update(train_speedup=head["train_speedup"], infer_speedup=head[f"infer_speedup b{INFER_BATCH}"])
+
+    records = run_arms(arms, seeds, out / "runs", overrides, allow_mismatch)
+    check_comparable(records, allow_mismatch)
+    acc = mean_by_arm(records, "acc")
+    res["acc_delta"] = 100 * (acc[HEADLINE] - acc["dense"])
+    res.update(arms_report(records, "dense", out))
+    return res
