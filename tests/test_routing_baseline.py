@@ -76,7 +76,10 @@ def test_routing_baseline_suite_end_to_end_on_a_subset(tmp_path, fmnist):
     dense_row = next(r for r in res["rows"] if r["arm"] == "dense")
     assert dense_row["train_speedup"] == 1.0
     acc = {a["arm"]: a["acc"]["mean"] for a in res["arms"]}
+    wall = {a["arm"]: a["wall_clock_s"]["mean"] for a in res["arms"]}
     assert res["acc_delta"] == pytest.approx(100 * (acc[HEADLINE] - acc["dense"]))
+    assert res["train_speedup"] == pytest.approx(wall["dense"] / wall[HEADLINE])
+    assert res["step_train_speedup"] == next(r for r in res["rows"] if r["arm"] == HEADLINE)["train_speedup"]
     matched = json.dumps(res["matched"])
     assert "model.args.patch_drop_rate=" in matched and "merging.r=" in matched
     assert json.loads((tmp_path / "matched.json").read_text()).keys() == {"dropped", "merged"}

@@ -9,7 +9,8 @@ Arms, each trained for the baseline recipe's epochs (``schedules/fmnist_baseline
 - ``merged``: the baseline with ToMe token merging in training and inference, ``r`` matched the same way.
 Step times are taken round-robin on each arm's freshly built model beside the dense one (training at batch 128,
 inference at batch 256), so the throughput ratios come from one run; accuracy and wall-clock come from the arms'
-runs. The goals judge the headline's training speed-up and its accuracy against the dense arm at equal epochs.
+runs. The goals judge the headline's training speed-up (its runs' mean wall-clock against the dense arm's, so the
+capacity anneal is paid for) and its accuracy against the dense arm at equal epochs.
 """
 
 from __future__ import annotations
@@ -122,11 +123,14 @@ def routing_baseline_suite(
     res: dict = {"headline_arm": HEADLINE, "matched": {n: m["overrides"] for n, m in matched.items()}}
     res["rows"] = speed_rows(models, rounds)
     head = next(r for r in res["rows"] if r["arm"] == HEADLINE)
-    res.update(train_speedup=head["train_speedup"], infer_speedup=head[f"infer_speedup b{INFER_BATCH}"])
+    # steady-state step ratios at the target capacity; the headline train_speedup below is the runs' own, which
+    # also pays for the capacity anneal at the start
+    res.update(step_train_speedup=head["train_speedup"], infer_speedup=head[f"infer_speedup b{INFER_BATCH}"])
 
     records = run_arms(arms, seeds, out / "runs", overrides, allow_mismatch)
     check_comparable(records, allow_mismatch)
-    acc = mean_by_arm(records, "acc")
+    acc, wall = mean_by_arm(records, "acc"), mean_by_arm(records, "wall_clock_s")
+    res["train_speedup"] = wall["dense"] / wall[HEADLINE]
     res["acc_delta"] = 100 * (acc[HEADLINE] - acc["dense"])
     res.update(arms_report(records, "dense", out))
     return res
