@@ -298,7 +298,7 @@ class StagePlan:
                 state = {}
             if ema is not None:
                 fresh = raw.state_dict()
-                ema = ModelEmaV3(raw, decay=ema.decay, use_warmup=ema.use_warmup)
+                ema = ModelEmaV3(raw, decay=ema.decay, use_warmup=ema.use_warmup, device=acc.device)
                 ema.module.load_state_dict({**fresh, **ema_state})
         apply_structure(raw, self, step)
         acc.free_memory()  # drop Accelerate's references so prepare() wraps the changed model again

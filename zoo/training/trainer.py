@@ -187,7 +187,9 @@ class Trainer:
                 self.monitor.load(folder)
         apply_structure(model, self.plan, self.start_step)
         t = recipe.train
-        self.ema = ModelEmaV3(model, decay=t.ema, use_warmup=t.ema_warmup) if t.ema else None
+        # the EMA copy lives on the device the model trains on: made here, before prepare() moves the model, it would
+        # stay on the CPU and its first update would mix devices (a CUDA run with `train.ema` failed so)
+        self.ema = ModelEmaV3(model, decay=t.ema, use_warmup=t.ema_warmup, device=acc.device) if t.ema else None
         self.distiller = None
         if recipe.distill is not None:  # a fixed teacher: nothing of it is trained or checkpointed
             teacher = load_teacher(recipe, self.bundle.num_classes, acc.device)
