@@ -179,3 +179,13 @@ def test_resuming_a_finished_run_keeps_its_result(tmp_path, fmnist):
     (tmp_path / "run" / "result.json").unlink()
     redone = train(recipe, tmp_path / "run", resume=True, progress=False)
     assert redone.final_acc == pytest.approx(first.final_acc)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the EMA copy must follow the model onto the GPU")
+@pytest.mark.parametrize("growth", [None, {"stages": [{"at": 0.5, "depth": 3}]}], ids=["plain", "grown"])
+def test_ema_trains_on_cuda(tmp_path, fmnist, growth):
+    # the EMA copy was made on the CPU before prepare() moved the model, and its first update mixed devices
+    extra = {"growth": growth} if growth else {}
+    recipe = recipe_from_dict(tiny_recipe(train={"ema": 0.9}, **extra))
+    res = train(recipe, tmp_path / "run", progress=False)
+    assert res.final_acc > 0.1 and (tmp_path / "run" / "model" / "model.safetensors").is_file()
