@@ -1,5 +1,5 @@
 """The README's main job, `zoo demo`: from the published base (its bundled hub folder), a better model (grown while
-fine-tuning) and a faster one (token merging, distilled from the base), evaluated on the same split, timed side by
+fine-tuning) and a faster one (routed blocks, distilled from the base), evaluated on the same split, timed side by
 side, exported as hub-ready folders whose cards name the base; shortened here by --set."""
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def test_demo_json_has_the_base_and_one_object_per_model(demo_run):
         assert m["train_s"] > 0, "the base's from its published record, the others from their runs"
     base, better, faster = printed["models"]
     assert better["params"] > base["params"], "grown: more parameters"
-    assert faster["gflops"] < base["gflops"] and faster["params"] == base["params"], "merging: fewer FLOPs, no weights"
+    assert faster["gflops"] < base["gflops"] and faster["params"] == base["params"], "cls-attention routing: no weights"
     for name in ("demo.json", "demo.md", "demo.png"):
         assert (out / name).is_file(), name
 
@@ -94,7 +94,7 @@ def test_demo_exports_loadable_folders_whose_cards_name_the_base(demo_run):
         assert "base_model: growzoo/zoo_vit_micro_conv16_p4.fmnist" in card, m.name
     better = json.loads((out / DEMO_MODELS[0].name / "config.json").read_text())["model_args"]
     faster = json.loads((out / DEMO_MODELS[1].name / "config.json").read_text())["model_args"]
-    assert better["depth"] == 8 and faster["merging"]["r"] == 16
+    assert better["depth"] == 8 and faster["routing"]["capacity"] == 0.2 and faster["routing"]["router"] == "cls_attn"
 
 
 def test_demo_resume_reuses_the_finished_runs_and_its_kept_copy_renders_in_readme(demo_run):

@@ -126,7 +126,7 @@ def register(sub) -> None:
     s = sub.add_parser(
         "demo",
         help="the main job: from the published baseline, a better model (grown while fine-tuning) and a faster one "
-        "(token merging, distilled), compared side by side and exported as hub-ready folders with cards",
+        "(routed blocks, distilled), compared side by side and exported as hub-ready folders with cards",
     )
     s.add_argument("--out", default="runs/demo", help="demo folder: runs/, one hub-ready folder per model, demo.json")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of each recipe")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 #: the published tuned baseline the demo starts from, loaded as a user loads it: its hub folder (the bundled copy
 #: under model_cards/ stands in for hf-hub:growzoo/zoo_vit_micro_conv16_p4.fmnist). The lighter-stem baseline: its
-#: transformer blocks carry most of its FLOPs, so token merging can make it faster (README, "The zoo").
+#: transformer blocks carry most of its FLOPs, so routing tokens past them can make it faster (README, "The zoo").
 BASE = "local-dir:model_cards/zoo_vit_micro_conv16_p4.fmnist"
 
 
@@ -39,9 +39,9 @@ DEMO_MODELS = (
     ),
     DemoModel(
         role="faster",
-        name="zoo_vit_micro_conv16_p4.fmnist_merged",
-        recipe="fmnist_baseline_to_merged",
-        how="token merging (ToMe r=16), distilled from the base",
+        name="zoo_vit_micro_conv16_p4.fmnist_routed",
+        recipe="fmnist_baseline_to_routed",
+        how="routed blocks (capacity 0.2, class-attention router), distilled from the base",
     ),
 )
 

@@ -33,8 +33,10 @@ MERGED_RECIPE = "fmnist_baseline_to_merged"
 ROUTED_RECIPE = "fmnist_baseline_to_routed"
 #: tokens merged per block in the training-free sweep (49 patch tokens, 4 blocks)
 MERGE_SWEEP = (8, 12, 16, 24)
-#: the arm whose numbers the goals judge
-HEADLINE = "merged_kd"
+#: the arm whose numbers the goals judge: chosen on validation and CPU speed before the suite ran (CHANGELOG: the
+#: conversion pilots; the cls-attention routed conversion kept the base's validation accuracy at 1.44x, merging r=16
+#: at 1.28x)
+HEADLINE = "routed_kd"
 
 
 def conversion_arms() -> list[Arm]:
