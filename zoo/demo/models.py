@@ -39,7 +39,7 @@ DEMO_MODELS = (
     ),
     DemoModel(
         role="faster",
-        name="zoo_vit_micro_conv16_p4.fmnist_routed",
+        name="zoo_vit_micro_conv16_p4_r20.fmnist_routed",
         recipe="fmnist_baseline_to_routed",
         how="routed blocks (capacity 0.2, class-attention router), distilled from the base",
     ),
