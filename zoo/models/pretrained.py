@@ -17,6 +17,7 @@ PUBLISHED = {
     "zoo_vit_micro_conv_p4.fmnist": "schedules/fmnist_baseline.yaml",
     "zoo_vit_micro_conv16_p4.fmnist": "schedules/fmnist_baseline_conv16.yaml",
     "zoo_vit_micro_conv_p4_d8.fmnist_grown": "schedules/fmnist_baseline_grown.yaml",
+    "zoo_vit_micro_conv16_p4_r20.fmnist_routed": "schedules/fmnist_baseline_to_routed.yaml",
     "zoo_vit_micro_p7.fmnist": "schedules/fmnist_micro_dense.yaml",
     "zoo_vit_micro_p7_r25.fmnist": "schedules/fmnist_dense_to_routed.yaml",
     "zoo_vit_micro_p7.fmnist_grown": "schedules/fmnist_grow_depth.yaml",

@@ -496,6 +496,11 @@ default_cfgs = generate_default_cfgs(
         ),
         "zoo_vit_micro_conv16_p4": fmnist_cfg(first_conv="patch_embed.conv.0"),
         "zoo_vit_micro_conv16_p4_d8": fmnist_cfg(first_conv="patch_embed.conv.0"),
+        # the published lighter-stem baseline converted to routed blocks and distilled from it (card: base_model)
+        "zoo_vit_micro_conv16_p4_r20.fmnist_routed": published_cfg(
+            "zoo_vit_micro_conv16_p4_r20.fmnist_routed", fmnist_cfg(first_conv="patch_embed.conv.0")
+        ),
+        "zoo_vit_micro_conv16_p4_r20": fmnist_cfg(first_conv="patch_embed.conv.0"),
         "zoo_vit_mini_p4": fmnist_cfg(),
     }
 )
@@ -583,6 +588,17 @@ def zoo_vit_micro_conv16_p4_d8(pretrained: bool = False, **kwargs) -> ZooViT:
     model_args = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=8, num_heads=2,
                       mlp_ratio=2.0, global_pool="avg", stem="early", stem_width=16)  # fmt: skip
     return _create("zoo_vit_micro_conv16_p4_d8", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def zoo_vit_micro_conv16_p4_r20(pretrained: bool = False, **kwargs) -> ZooViT:
+    """``zoo_vit_micro_conv16_p4`` with blocks 1-3 routed at capacity 0.2 (10 of 49 patch tokens), chosen by the class
+    token's attention in the block before (no router weights): what converting the published lighter-stem baseline
+    makes (``schedules/fmnist_baseline_to_routed.yaml``, the demo's faster model)."""
+    routing = {"capacity": 0.2, "layers": [1, 2, 3], "router": "cls_attn", "context": "selected"}
+    model_args = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=4, num_heads=2,
+                      mlp_ratio=2.0, global_pool="avg", stem="early", stem_width=16, routing=routing)  # fmt: skip
+    return _create("zoo_vit_micro_conv16_p4_r20", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
