@@ -11,7 +11,7 @@ from conftest import tiny_recipe
 
 from zoo.bench.runner import KEPT_FILES, Arm, check_comparable, keep_results, run_arms
 from zoo.cli.main import main
-from zoo.measure.stopwatch import interleaved_times, speedup
+from zoo.measure.stopwatch import interleaved_times, paired_speedup, speedup
 from zoo.utils.manifest import collect_manifest
 
 
@@ -21,6 +21,24 @@ def test_interleaved_times_round_robin_order():
     times = interleaved_times(fns, rounds=3, warmup=1)
     assert calls == ["a", "b"] * 4 and len(times["a"]) == len(times["b"]) == 3
     assert speedup({"base": [2.0, 2.0, 4.0], "arm": [1.0, 1.0, 9.0]}, "base", "arm") == pytest.approx(2.0)
+
+
+def test_paired_speedup_pairs_rounds_and_bounds_the_median():
+    # a slow spell (rounds 3 and 7 twice as slow for both) moves neither side of the ratio taken within a round
+    base = [2.0, 2.0, 4.0, 2.0, 2.0, 2.0, 4.0, 2.0, 2.0, 2.0]
+    arm = [1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 2.0, 1.0, 1.0, 1.0]
+    assert paired_speedup({"b": base, "a": arm}, "b", "a") == pytest.approx((2.0, 2.0, 2.0))
+    # 10 rounds: the binomial interval of the median runs from the 2nd to the 9th smallest ratio (coverage 97.9%)
+    ratios = [1.0 + i / 10 for i in range(10)]  # 1.0 ... 1.9, shuffled into the rounds
+    order = [3, 9, 0, 7, 1, 5, 8, 2, 6, 4]
+    times = {"b": [ratios[i] for i in order], "a": [1.0] * 10}
+    mid, lo, hi = paired_speedup(times, "b", "a")
+    assert (mid, lo, hi) == pytest.approx((1.45, 1.1, 1.8))
+    assert paired_speedup({"b": [3.0, 2.0], "a": [1.0, 1.0]}, "b", "a")[1:] == (2.0, 3.0), "few rounds: the range"
+    with pytest.raises(ValueError, match="same number"):
+        paired_speedup({"b": [1.0, 2.0], "a": [1.0]}, "b", "a")
+    with pytest.raises(ValueError, match="confidence"):
+        paired_speedup(times, "b", "a", confidence=1.0)
 
 
 def test_refuses_to_compare_runs_from_different_setups():
@@ -79,3 +97,18 @@ def test_kept_results_survive_the_runs_folder_and_are_reused(tmp_path, fmnist):
 def test_bench_cli_unknown_suite(capsys):
     assert main(["bench", "nope"]) == 2
     assert "unknown suite" in capsys.readouterr().err
+
+
+def test_compare_models_reports_the_paired_speedup_over_a_reference():
+    import timm
+
+    from zoo.measure.compare import compare_models
+
+    dense = timm.create_model("zoo_vit_micro_p7", depth=1)
+    routed = timm.create_model("zoo_vit_micro_p7", depth=1, routing={"capacity": 0.25, "layers": "all"})
+    out = compare_models({"dense": dense, "routed": routed}, batch=4, rounds=3, warmup=1, reference="dense")
+    assert out["dense"]["infer_speedup"] == 1.0 and out["dense"]["infer_speedup_ci"] == [1.0, 1.0]
+    lo, hi = out["routed"]["infer_speedup_ci"]
+    assert lo <= out["routed"]["infer_speedup"] <= hi and out["routed"]["flops_per_img"] < out["dense"]["flops_per_img"]
+    with pytest.raises(ValueError, match="reference 'base' is not one of"):
+        compare_models({"dense": dense}, batch=2, rounds=1, reference="base")

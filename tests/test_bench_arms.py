@@ -198,6 +198,7 @@ def test_convert_speed_rows_compare_every_model_with_the_dense_one():
     rows = speed_rows({"dense": dense, "merge_r8": merged}, {"dense": 0.9, "merge_r8": 0.885}, rounds=1)
     by = {r["model"]: r for r in rows}
     assert by["dense"]["speedup"] == 1.0 and by["dense"]["Δ pt"] == 0.0
+    assert by["dense"]["speedup 95% CI"] == "[1.00, 1.00]", "the reference against itself, round by round"
     assert by["merge_r8"]["Δ pt"] == pytest.approx(-1.5) and by["merge_r8"]["MFLOP"] < by["dense"]["MFLOP"]
 
 
@@ -212,8 +213,10 @@ def test_convert_suite_end_to_end_on_a_subset(tmp_path, fmnist, monkeypatch):
     assert [r["model"] for r in res["rows"]] == ["dense", "merged_kd", "routed_kd", "dense_kd_control"]
     control = yaml.safe_load((tmp_path / "runs" / "dense_kd_control" / "seed0" / "recipe.yaml").read_text())
     assert control["merging"] is None and control["distill"]["teacher"] == "pretrained"
-    head = next(r for r in res["rows"] if r["model"] == "merged_kd")
+    head = next(r for r in res["rows"] if r["model"] == convert.HEADLINE)
+    assert res["headline_arm"] == convert.HEADLINE in {"merged_kd", "routed_kd"}
     assert res["infer_speedup"] == head["speedup"] and res["acc_delta"] == head["Δ pt"]
+    assert res["infer_speedup_ci"] == head["speedup 95% CI"]
     assert res["eval_split"] == "test" and 0 < res["dense_acc"] <= 1
 
 

@@ -173,3 +173,7 @@ def test_goal_checks_judge_each_role_from_the_measured_numbers():
     s["models"][1]["top1"] = 0.9135
     assert not goal_checks(s)[0]["met"]
     assert "goal (better): top-1 >= base + 0.5 pt: measured +0.49 pt: NOT met" in demo_markdown(s)
+    # a demo that kept the paired speed-up judges by it (not the img/s ratio) and shows its interval
+    s["models"][2].update(infer_speedup=1.38, infer_speedup_ci=[1.31, 1.47])
+    assert not goal_checks(s)[1]["met"] and goal_checks(s)[1]["measured"] == "x1.38 [1.31, 1.47] at -0.46 pt"
+    assert "2900 (x1.38 [1.31, 1.47])" in demo_markdown(s)

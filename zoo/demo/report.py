@@ -9,13 +9,30 @@ from zoo.demo.models import ROLE_GOALS
 from zoo.utils.units import si
 
 
+def speed_over_base(e: dict, base: dict) -> tuple[float, list[float] | None]:
+    """The model's inference speed-up over the base and its 95% interval: the paired per-round median
+    (``compare_models(reference=...)``); a summary written before the demo kept it has only the img/s ratio."""
+    if "infer_speedup" in e:
+        return e["infer_speedup"], e.get("infer_speedup_ci")
+    return e["infer_img_per_s"] / base["infer_img_per_s"], None
+
+
+def _paired(s: dict) -> bool:
+    return all("infer_speedup" in e for e in s["models"])
+
+
+def _speed_text(e: dict, base: dict) -> str:
+    ratio, ci = speed_over_base(e, base)
+    return f"x{ratio:.2f}" + ("" if ci is None else f" [{ci[0]:.2f}, {ci[1]:.2f}]")
+
+
 def _rows(s: dict) -> list[list[str]]:
     base = s["models"][0]
     rows = []
     for e in s["models"]:
         is_base = e is base
         delta = "" if is_base else f" ({(e['top1'] - base['top1']) * 100:+.2f} pt)"
-        speed = "" if is_base else f" (x{e['infer_img_per_s'] / base['infer_img_per_s']:.2f})"
+        speed = "" if is_base else f" ({_speed_text(e, base)})"
         train = "-" if e.get("train_s") is None else f"{e['train_s']:.0f}"
         if not is_base and e.get("reused"):
             train += " (reused)"
@@ -36,14 +53,14 @@ def goal_checks(s: dict, goals: dict = ROLE_GOALS) -> list[dict]:
         if not g:
             continue
         gain = round((e["top1"] - base["top1"]) * 100, 4)  # top-1 on 10k images moves in 0.01 pt: no float dust
-        speed = e["infer_img_per_s"] / base["infer_img_per_s"]
+        speed, _ = speed_over_base(e, base)
         if e["role"] == "better":
             goal, met = f"top-1 >= base + {g['acc_gain_pt']:g} pt", gain >= g["acc_gain_pt"]
             measured = f"{gain:+.2f} pt"
         else:
             goal = f">= {g['speedup']:g}x the base's img/s within {g['acc_loss_pt']:g} pt"
             met = speed >= g["speedup"] and gain >= -g["acc_loss_pt"]
-            measured = f"x{speed:.2f} at {gain:+.2f} pt"
+            measured = f"{_speed_text(e, base)} at {gain:+.2f} pt"
         checks.append({"name": e["name"], "role": e["role"], "goal": goal, "measured": measured, "met": bool(met)})
     return checks
 
@@ -74,9 +91,10 @@ def _notes(s: dict) -> list[str]:
     m = s["machine"]
     p = s["profile"]
     threads = (m.get("torch_threads") or {}).get("num_threads")
+    paired = " (speed-ups: the median per-round ratio to the base [95% interval])" if _paired(s) else ""
     lines.append(
         f"accuracy: each model on the same test split (the new ones from their exported folders); inference: median "
-        f"of {p['rounds']} interleaved rounds of batch {p['batch']} per model; machine: {m.get('cpu_model')} "
+        f"of {p['rounds']} interleaved rounds of batch {p['batch']} per model{paired}; machine: {m.get('cpu_model')} "
         f"({m.get('cpu_capability')}), {m.get('cpu_count')} cores, {threads} threads; demo total "
         f"{s['seconds']:.0f} s"
     )

@@ -98,10 +98,11 @@ def run_demo(
 
     t0 = time.perf_counter()
     loaded = {e["name"]: load_model(e["source"]) for e in entries}
-    prof = compare_models(loaded, batch=profile_batch, rounds=profile_rounds)
+    prof = compare_models(loaded, batch=profile_batch, rounds=profile_rounds, reference=base_name)
     for e in entries:
         p = prof[e["name"]]
         e.update(params=p["params"], gflops=p["flops_per_img"] / 1e9, infer_img_per_s=p["infer_img_per_s"])
+        e.update(infer_speedup=p["infer_speedup"], infer_speedup_ci=p["infer_speedup_ci"])
     summary = {
         "base": base_name,
         "models": entries,

@@ -14,16 +14,25 @@ from torch import nn
 
 from zoo.measure.flops import count_flops
 from zoo.measure.steps import infer_step_fn, random_batch
-from zoo.measure.stopwatch import interleaved_times, median
+from zoo.measure.stopwatch import interleaved_times, median, paired_speedup
 
 
 def compare_models(
-    models: dict[str, nn.Module], batch: int = 256, rounds: int = 10, warmup: int = 2, precision: str = "fp32"
+    models: dict[str, nn.Module],
+    batch: int = 256,
+    rounds: int = 10,
+    warmup: int = 2,
+    precision: str = "fp32",
+    reference: str | None = None,
 ) -> dict[str, dict]:
-    """Per model: ``params``, ``flops_per_img`` (forward), ``infer_batch_s`` (median) and ``infer_img_per_s``.
+    """Per model: ``params``, ``flops_per_img`` (forward), ``infer_batch_s`` (median) and ``infer_img_per_s``; with a
+    ``reference`` (one of the names), also ``infer_speedup`` over it (the median per-round ratio, paired within each
+    round) and ``infer_speedup_ci`` (its 95% interval, ``zoo.measure.stopwatch.paired_speedup``).
 
     The models are switched to eval mode in place (inference is what is measured).
     """
+    if reference is not None and reference not in models:
+        raise ValueError(f"compare_models: reference {reference!r} is not one of {sorted(models)}")
 
     if batch < 1 or rounds < 1:
         raise ValueError(f"need batch >= 1 and rounds >= 1, got batch={batch}, rounds={rounds}")
@@ -37,4 +46,7 @@ def compare_models(
     for name in models:
         t = median(times[name])
         out[name].update(batch=batch, rounds=rounds, precision=precision, infer_batch_s=t, infer_img_per_s=batch / t)
+        if reference is not None:
+            ratio, lo, hi = paired_speedup(times, reference, name)
+            out[name].update(infer_speedup=ratio, infer_speedup_ci=[lo, hi])
     return out
