@@ -31,11 +31,10 @@ def compare_models(
 
     The models are switched to eval mode in place (inference is what is measured).
     """
-    if reference is not None and reference not in models:
-        raise ValueError(f"compare_models: reference {reference!r} is not one of {sorted(models)}")
-
     if batch < 1 or rounds < 1:
         raise ValueError(f"need batch >= 1 and rounds >= 1, got batch={batch}, rounds={rounds}")
+    if reference is not None and reference not in models:
+        raise ValueError(f"compare_models: reference {reference!r} is not one of {sorted(models)}")
     out: dict[str, dict] = {}
     for name, model in models.items():
         x, _ = random_batch(model.eval(), 1)  # per-image FLOPs: a ViT's count is linear in the batch
