@@ -75,6 +75,7 @@ def test_routing_baseline_suite_end_to_end_on_a_subset(tmp_path, fmnist):
     assert {r["arm"] for r in res["rows"]} == {"dense", HEADLINE, "dropped", "merged"}
     dense_row = next(r for r in res["rows"] if r["arm"] == "dense")
     assert dense_row["train_speedup"] == 1.0
+    assert dense_row["train 95% CI"] == dense_row["infer 95% CI"] == "[1.00, 1.00]", "dense against itself"
     acc = {a["arm"]: a["acc"]["mean"] for a in res["arms"]}
     wall = {a["arm"]: a["wall_clock_s"]["mean"] for a in res["arms"]}
     assert res["acc_delta"] == pytest.approx(100 * (acc[HEADLINE] - acc["dense"]))

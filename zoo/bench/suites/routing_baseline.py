@@ -26,7 +26,7 @@ from zoo.bench.runner import Arm, check_comparable, run_arms
 from zoo.data.datasets import build_datasets
 from zoo.measure.flops import step_flops
 from zoo.measure.steps import infer_step_fn, train_step_fn
-from zoo.measure.stopwatch import interleaved_times, speedup
+from zoo.measure.stopwatch import interleaved_times, paired_speedup
 from zoo.training.recipe import load_recipe
 from zoo.training.recipe_lookup import resolve_recipe_path
 from zoo.training.stage_plan import build_model
@@ -74,22 +74,27 @@ def matched_overrides(build: Callable[[list[str]], object], num_patches: int, ta
 
 
 def speed_rows(models: dict, rounds: int) -> list[dict]:
-    """Per model: training and inference step-time speed-ups over ``dense``, timed round-robin in this run."""
+    """Per model: training and inference step-time speed-ups over ``dense``, timed round-robin in this run: the
+    median per-round ratio with its 95% interval (``paired_speedup``)."""
     train = interleaved_times(
         {k: train_step_fn(m, TRAIN_BATCH) for k, m in models.items()}, rounds=rounds, warmup=1, progress="train steps"
     )
     infer = interleaved_times(
         {k: infer_step_fn(m, INFER_BATCH) for k, m in models.items()}, rounds=rounds, warmup=2, progress="infer steps"
     )
-    return [
-        {
+    rows = []
+    for k, m in models.items():
+        tr, tr_lo, tr_hi = paired_speedup(train, "dense", k)
+        inf, inf_lo, inf_hi = paired_speedup(infer, "dense", k)
+        rows.append({
             "arm": k,
             "train MFLOP/img": step_flops(m, 2, train=True) / 2e6,
-            "train_speedup": speedup(train, "dense", k),
-            f"infer_speedup b{INFER_BATCH}": speedup(infer, "dense", k),
-        }
-        for k, m in models.items()
-    ]
+            "train_speedup": tr,
+            "train 95% CI": f"[{tr_lo:.2f}, {tr_hi:.2f}]",
+            f"infer_speedup b{INFER_BATCH}": inf,
+            "infer 95% CI": f"[{inf_lo:.2f}, {inf_hi:.2f}]",
+        })  # fmt: skip
+    return rows
 
 
 @suite("routing-baseline")
