@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from zoo.demo.models import ROLE_GOALS
+from zoo.measure.stopwatch import interval_text
 from zoo.utils.units import si
 
 
@@ -23,7 +24,7 @@ def _paired(s: dict) -> bool:
 
 def _speed_text(e: dict, base: dict) -> str:
     ratio, ci = speed_over_base(e, base)
-    return f"x{ratio:.2f}" + ("" if ci is None else f" [{ci[0]:.2f}, {ci[1]:.2f}]")
+    return f"x{ratio:.2f}" + ("" if ci is None else f" {interval_text(*ci)}")
 
 
 def _rows(s: dict) -> list[list[str]]:

@@ -79,3 +79,8 @@ def paired_speedup(
     # the k-th smallest and k-th largest bound the median with probability 1 - 2 * P(Binomial(n, 1/2) <= k - 1)
     k = max(int(stats.binom.ppf((1 - confidence) / 2, n, 0.5)), 1)
     return statistics.median(ratios), ratios[k - 1], ratios[n - k]
+
+
+def interval_text(low: float, high: float) -> str:
+    """A speed-up interval as the tables print it: ``[1.29, 1.50]``."""
+    return f"[{low:.2f}, {high:.2f}]"

@@ -24,6 +24,7 @@ from zoo.bench.runner import Arm, check_comparable, run_arms
 from zoo.data.datasets import build_datasets
 from zoo.hub import load_model
 from zoo.measure.compare import compare_models
+from zoo.measure.stopwatch import interval_text
 from zoo.models.pretrained import resolve_local_dir
 from zoo.training.evaluation import accuracy
 from zoo.training.recipe import load_recipe
@@ -65,7 +66,7 @@ def speed_rows(models: dict, accs: dict[str, float], rounds: int) -> list[dict]:
             "MFLOP": prof[name]["flops_per_img"] / 1e6,
             "img/s b256": prof[name]["infer_img_per_s"],
             "speedup": prof[name]["infer_speedup"],
-            "speedup 95% CI": "[{:.2f}, {:.2f}]".format(*prof[name]["infer_speedup_ci"]),
+            "speedup 95% CI": interval_text(*prof[name]["infer_speedup_ci"]),
         }
         for name in models
     ]

@@ -24,9 +24,10 @@ from zoo.bench.registry import suite
 from zoo.bench.report import arms_report
 from zoo.bench.runner import Arm, check_comparable, run_arms
 from zoo.data.datasets import build_datasets
+from zoo.measure.compare import compare_models
 from zoo.measure.flops import step_flops
-from zoo.measure.steps import infer_step_fn, train_step_fn
-from zoo.measure.stopwatch import interleaved_times, paired_speedup
+from zoo.measure.steps import train_step_fn
+from zoo.measure.stopwatch import interleaved_times, interval_text, paired_speedup
 from zoo.training.recipe import load_recipe
 from zoo.training.recipe_lookup import resolve_recipe_path
 from zoo.training.stage_plan import build_model
@@ -79,20 +80,17 @@ def speed_rows(models: dict, rounds: int) -> list[dict]:
     train = interleaved_times(
         {k: train_step_fn(m, TRAIN_BATCH) for k, m in models.items()}, rounds=rounds, warmup=1, progress="train steps"
     )
-    infer = interleaved_times(
-        {k: infer_step_fn(m, INFER_BATCH) for k, m in models.items()}, rounds=rounds, warmup=2, progress="infer steps"
-    )
+    infer = compare_models(models, batch=INFER_BATCH, rounds=rounds, reference="dense")  # switches them to eval
     rows = []
     for k, m in models.items():
         tr, tr_lo, tr_hi = paired_speedup(train, "dense", k)
-        inf, inf_lo, inf_hi = paired_speedup(infer, "dense", k)
         rows.append({
             "arm": k,
             "train MFLOP/img": step_flops(m, 2, train=True) / 2e6,
             "train_speedup": tr,
-            "train 95% CI": f"[{tr_lo:.2f}, {tr_hi:.2f}]",
-            f"infer_speedup b{INFER_BATCH}": inf,
-            "infer 95% CI": f"[{inf_lo:.2f}, {inf_hi:.2f}]",
+            "train 95% CI": interval_text(tr_lo, tr_hi),
+            f"infer_speedup b{INFER_BATCH}": infer[k]["infer_speedup"],
+            "infer 95% CI": interval_text(*infer[k]["infer_speedup_ci"]),
         })  # fmt: skip
     return rows
 
