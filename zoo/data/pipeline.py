@@ -19,6 +19,7 @@ from zoo.data.augment import image_seed
 from zoo.data.datasets import DatasetBundle
 from zoo.data.sources import ImageSource, TensorSource
 from zoo.data.streaming import StreamSource, make_stream_loader
+from zoo.data.workers import worker_context
 from zoo.utils import held_locks
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -222,6 +223,7 @@ def make_loader(
         persistent_workers=False,
         prefetch_factor=2 if num_workers > 0 else None,
         worker_init_fn=held_locks.close_in_child,  # a killed run's workers must not keep its folder locked
+        multiprocessing_context=worker_context(num_workers),  # zoo.data.workers: why not fork
     )
 
 

@@ -38,6 +38,7 @@ from zoo.data.augment import image_seed
 from zoo.data.decode import MODES, fit_image
 from zoo.data.errors import DataError
 from zoo.data.hf_datasets import EVAL_SPLITS, pick_columns
+from zoo.data.workers import worker_context
 from zoo.utils import held_locks
 
 #: examples the shuffle buffer holds by default (``data.shuffle_buffer``): timm's and datasets' usual order of size
@@ -238,6 +239,7 @@ def make_stream_loader(
         persistent_workers=False,  # a worker per epoch: it carries that epoch and the batches to pass over
         prefetch_factor=2,
         worker_init_fn=held_locks.close_in_child,  # a killed run's worker must not keep its folder locked
+        multiprocessing_context=worker_context(1),  # zoo.data.workers: why not fork
     )
 
 
