@@ -241,7 +241,7 @@ def test_grow_ignores_the_stage_start_keys():
 
 
 def test_card_describes_step_stages():
-    from zoo.publish.card import unfreeze_summary
+    from zoo.publish.run_history import unfreeze_summary
 
     by_step = {
         "unfreeze": {"mode": "stages", "stages": [{"step": 0, "trainable_from": 1}, {"step": 500, "trainable_from": 0}]}

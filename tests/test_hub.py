@@ -21,8 +21,9 @@ from safetensors.torch import save_model
 
 from zoo.cli.main import main
 from zoo.hub import SOURCE_KEYS, ModelLoadError, load_folder, load_model, read_metadata
-from zoo.publish.card import fenced, structure_events, wilson_interval
+from zoo.publish.card import fenced, wilson_interval
 from zoo.publish.export import export_run
+from zoo.publish.run_history import structure_events
 from zoo.training.recipe import recipe_from_dict
 from zoo.training.trainer import train
 

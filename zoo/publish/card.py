@@ -2,8 +2,8 @@
 
 Nothing here is typed by hand: accuracy comes from ``result.json``, efficiency from the ``zoo profile`` measurement
 stored next to the card (``profile.json``), training cost and hardware from ``result.json`` / ``manifest.json``, the
-structure history from the stage events in ``metrics.jsonl`` together with the recipe, and the recipe is embedded
-verbatim. ``zoo export`` (``zoo/cli/publish.py``) gathers the inputs and writes the files.
+structure history from the stage events in ``metrics.jsonl`` together with the recipe (``zoo.publish.run_history``),
+and the recipe is embedded verbatim. ``zoo export`` (``zoo/cli/publish.py``) gathers the inputs and writes the files.
 """
 
 from __future__ import annotations
@@ -12,11 +12,19 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from zoo.publish.per_class import per_class_markdown
+from zoo.publish.run_history import (
+    describe_growth,
+    fmt_value,
+    ranges,
+    routing_summary,
+    stage_start,
+    structure_events,
+    unfreeze_summary,
+)
 from zoo.utils.units import mib, si
 
 PLACEHOLDER_REPO = "ORG/NAME"
@@ -54,10 +62,6 @@ def _duration(s: float) -> str:
     if s < 7200:
         return f"{s / 60:.1f} min"
     return f"{s / 3600:.2f} h"
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def fenced(text: str, lang: str = "") -> str:
@@ -102,151 +106,10 @@ def dataset_info(recipe: dict, result: dict | None = None, class_names: list[str
     n_test = (result or {}).get("test_images", (result or {}).get("eval_images", n_test))
     if classes:
         names = f" ({', '.join(class_names)})" if class_names else ""
-        cls = f"classes {_ranges(classes)}{names}"
+        cls = f"classes {ranges(classes)}{names}"
     else:
         cls = "all classes"
     return {"hub_id": hub_id, "pretty": pretty, "classes": cls, "n_train": n_train, "n_test": n_test}
-
-
-# ------------------------------------------------------------------------------------------------ structure history
-def _describe_growth(stage: dict) -> str:
-    parts = []
-    if stage.get("depth") is not None:
-        parts.append(f"depth -> {stage['depth']} ({stage.get('depth_op', 'zero')})")
-    for key, label in (
-        ("embed_dim", "width"),
-        ("num_heads", "heads"),
-        ("mlp_hidden", "MLP hidden"),
-        ("img_size", "resolution"),
-    ):
-        if stage.get(key) is not None:
-            parts.append(f"{label} -> {stage[key]}")
-    if stage.get("noise"):
-        parts.append(f"noise {stage['noise']:g}")
-    return ", ".join(parts) or "no change"
-
-
-def _stage_start(stage: dict) -> str:
-    """Where a growth / unfreeze stage starts: ``at 25%`` (fraction of training) or ``at step 1053``."""
-    if stage.get("step") is not None:
-        return f"at step {stage['step']}"
-    return f"at {stage['at']:.0%}"
-
-
-def _ranges(values: list[int]) -> str:
-    """[5, 6, 7, 9] -> '5-7, 9'."""
-    out: list[list[int]] = []
-    for v in values:
-        if out and v == out[-1][1] + 1:
-            out[-1][1] = v
-        else:
-            out.append([v, v])
-    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in out)
-
-
-def _blocks(a: int, b: int) -> str:
-    return f"block {a}" if a == b else f"blocks {a}-{b}"
-
-
-def _describe_trainable(g: int, depth: int | None) -> str:
-    if g == 0:
-        return "unfreeze: everything trains"
-    if depth is None:
-        return f"unfreeze: layer groups >= {g} train (group 0 = stem, 1..depth = blocks, then norm, head)"
-    if g <= depth:
-        frozen = "stem" + (f" and {_blocks(0, g - 2)}" if g > 1 else "")
-        return f"unfreeze: {_blocks(g - 1, depth - 1)}, norm and head train ({frozen} frozen)"
-    return "unfreeze: norm and head train" if g == depth + 1 else "unfreeze: head only trains"
-
-
-def _depth_after(recipe: dict, config: dict, stages_done: int) -> int | None:
-    """Block count after ``stages_done`` growth stages (None when the starting depth is not recorded)."""
-    stages = (recipe.get("growth") or {}).get("stages") or []
-    for st in reversed(stages[:stages_done]):
-        if st.get("depth") is not None:
-            return st["depth"]
-    if recipe["model"].get("args", {}).get("depth") is not None:
-        return recipe["model"]["args"]["depth"]
-    if not any(st.get("depth") is not None for st in stages):
-        return config.get("model_args", {}).get("depth")
-    return None
-
-
-def structure_events(records: list[dict], recipe: dict, config: dict, total_steps: int) -> list[dict]:
-    """Stage boundaries from ``metrics.jsonl``: step, fraction of training, what changed, loss before / after."""
-    stages = (recipe.get("growth") or {}).get("stages") or []
-    events: list[dict] = []
-    grown, trainable = 0, None
-    for r in records:
-        if "loss_after_event" in r and events and events[-1]["loss_after"] is None:
-            events[-1]["loss_after"] = r["loss_after_event"]
-        if not isinstance(r.get("event"), dict):
-            continue
-        ev, changes = r["event"], []
-        now = int(ev.get("growth_stage", 0))
-        for k in range(grown, now):
-            changes.append(f"growth stage {k + 1}: " + (_describe_growth(stages[k]) if k < len(stages) else "?"))
-        tf = ev.get("trainable_from")
-        if tf is not None and tf != trainable and (recipe.get("unfreeze") or trainable is not None):
-            changes.append(_describe_trainable(int(tf), _depth_after(recipe, config, now)))
-        grown, trainable = now, tf
-        events.append(
-            {
-                "step": r["step"],
-                "fraction": r["step"] / max(total_steps, 1),
-                "changes": changes,
-                "loss_before": r.get("loss_before"),
-                "loss_after": None,
-            }
-        )
-    return events
-
-
-def routing_summary(recipe: dict, total_steps: int) -> str | None:
-    r = recipe.get("routing")
-    if not r:
-        return None
-    cap = r["capacity"]
-    cap_s = (
-        _fmt(cap)
-        if not isinstance(cap, list)
-        else "per layer [" + ", ".join("dense" if c is None else _fmt(c) for c in cap) + "]"
-    )
-    if r.get("start") is not None and r.get("anneal", 0) > 0:
-        end = round(r["anneal"] * total_steps)
-        sched = f"capacity annealed from {_fmt(r['start'])} to {cap_s} over the first {r['anneal']:.0%} of training "
-        sched += f"(steps 0-{end}), then constant"
-    else:
-        sched = f"capacity {cap_s} throughout training"
-    weight = ""
-    if r.get("weight", "sigmoid") == "tanh":
-        weight = f", token weight 1 + {_fmt(r.get('weight_scale', 0.5))} tanh(score) on processed and skipped tokens"
-    return f"token routing on layers `{r['layers']}` ({r['router']} router, context `{r['context']}`{weight}): {sched}"
-
-
-def unfreeze_summary(recipe: dict) -> str | None:
-    u = recipe.get("unfreeze")
-    if not u:
-        return None
-    if u["mode"] == "gradual":
-        return f"gradual unfreezing: top {u['start_groups']} layer group(s) first, one more every {u['every']:.0%}"
-    if u["mode"] == "freezeout":
-        return f"FreezeOut: one more bottom layer group frozen every {u['every']:.0%} of training"
-    stages = ", ".join(f"from group {s['trainable_from']} {_stage_start(s)}" for s in u["stages"])
-    return f"staged unfreezing: {stages}"
-
-
-def training_series(records: list[dict]) -> dict[str, list[float]]:
-    """Train loss and eval accuracy by step (what the training-curve plot draws)."""
-    out: dict[str, list[float]] = {"step": [], "loss": [], "eval_step": [], "eval_acc": []}
-    for r in records:
-        if "loss" in r:
-            out["step"].append(r["step"])
-            out["loss"].append(r["loss"])
-        if "eval_acc" in r:
-            out["eval_step"].append(r["step"])
-            out["eval_acc"].append(r["eval_acc"])
-    return out
 
 
 # ------------------------------------------------------------------------------------------------------ card parts
@@ -371,7 +234,7 @@ def results_markdown(inp: CardInputs) -> str:
         rows.append(("95% interval (Wilson, test-set sampling only)", f"{lo * 100:.1f}% - {hi * 100:.1f}%"))
     if inp.result.get("final_loss") is not None:
         rows.append(("Test loss (cross-entropy)", f"{inp.result['final_loss']:.4f}"))
-    rows += [("Dataset", f"{ds['pretty']}, {ds['classes']}"), ("Test images", _fmt(ds["n_test"] or "full split"))]
+    rows += [("Dataset", f"{ds['pretty']}, {ds['classes']}"), ("Test images", fmt_value(ds["n_test"] or "full split"))]
     ema = inp.recipe["train"].get("ema")
     rows.append(("Evaluated weights", f"EMA (decay {ema:g}), the weights in this repo" if ema else "final weights"))
     table = "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
@@ -413,7 +276,7 @@ def history_markdown(inp: CardInputs) -> str:
     lines = []
     g = inp.recipe.get("growth")
     if g:
-        plan = "; ".join(f"{_stage_start(s)}: {_describe_growth(s)}" for s in g["stages"])
+        plan = "; ".join(f"{stage_start(s)}: {describe_growth(s)}" for s in g["stages"])
         lines.append(
             f"- growth (recipe): {plan}; optimizer state `{g.get('optimizer_state', 'zero')}`"
             + (", grown from the EMA weights" if g.get("from_ema") else "")

@@ -24,9 +24,10 @@ from zoo.data.fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FA
 from zoo.hub import WEIGHTS_NAME, load_folder, read_metadata, save_model_folder, weights_hash
 from zoo.measure.profile import profile_model
 from zoo.models.pretrained import published_repo_of
-from zoo.publish.card import PLACEHOLDER_REPO, PLOT_NAME, CardInputs, render_card, structure_events, training_series
+from zoo.publish.card import PLACEHOLDER_REPO, PLOT_NAME, CardInputs, render_card
 from zoo.publish.onnx_export import export_onnx
 from zoo.publish.per_class import CONFUSION_PLOT, PER_CLASS_FILE, evaluate_per_class, plot_confusion
+from zoo.publish.run_history import structure_events, training_series
 from zoo.training.recipe import recipe_from_dict
 from zoo.training.run_folder import (
     MANIFEST_FILE,
