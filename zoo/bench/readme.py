@@ -69,7 +69,7 @@ def bench_markdown(summary: dict) -> str:
 #: summary keys shown as compact JSON under the table: (key, title)
 JSON_DETAILS = (
     ("finetune", "fine-tune"),
-    ("matched", "settings matched to the headline's training FLOPs"),
+    ("matched", "settings matched to the training FLOPs of the routed arm with the same suffix"),
     ("compute_fraction", "training FLOPs relative to the dense arm"),
     ("control_epochs", "compute-matched control epochs"),
     ("acc_vs_control_by_arm", "accuracy vs compute-matched control, points"),

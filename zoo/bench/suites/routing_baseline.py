@@ -6,11 +6,16 @@ Arms, each trained for the baseline recipe's epochs (``schedules/fmnist_baseline
 - ``routed`` (the headline, fixed before the suite runs): ``schedules/fmnist_conv16_routed.yaml``;
 - ``dropped``: the baseline with random patch-token dropping in training (timm's ``PatchDropout``, identity at
   inference), keeping as many tokens as makes one training step cost the routed model's FLOPs;
-- ``merged``: the baseline with ToMe token merging in training and inference, ``r`` matched the same way.
+- ``merged``: the baseline with ToMe token merging in training and inference, ``r`` matched the same way;
+- the same three at a second, milder budget (suffix ``_c0.5``): the routed recipe with its routed blocks at capacity
+  ``SECOND_CAPACITY``, dropping and merging matched to that model's training FLOPs. Two budgets, because a user
+  choosing between the families needs to see whether their order holds as the saving shrinks.
 Step times are taken round-robin on each arm's freshly built model beside the dense one (training at batch 128,
 inference at batch 256), so the throughput ratios come from one run; accuracy and wall-clock come from the arms'
 runs. The goals judge the headline's training speed-up (its runs' mean wall-clock against the dense arm's, so the
-capacity anneal is paid for) and its accuracy against the dense arm at equal epochs.
+capacity anneal is paid for) and its accuracy against the dense arm at equal epochs. One more arm,
+``routed_equal_time``, trains the headline for the dense arm's wall-clock (as many more epochs as its measured
+speed-up buys), the other comparison a user with a fixed time budget makes.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import json
 from collections.abc import Callable, Hashable
 from pathlib import Path
 
-from zoo.bench.arms import mean_by_arm
+from zoo.bench.arms import epochs_from, mean_by_arm
 from zoo.bench.registry import suite
 from zoo.bench.report import arms_report
 from zoo.bench.runner import Arm, check_comparable, run_arms
@@ -35,6 +40,8 @@ from zoo.training.stage_plan import build_model
 DENSE_RECIPE = "fmnist_baseline_conv16"
 ROUTED_RECIPE = "fmnist_conv16_routed"
 HEADLINE = "routed"
+#: the second budget: the routed recipe's routed blocks at this capacity (its own: 0.25), arms suffixed ``_c0.5``
+SECOND_CAPACITY = 0.5
 #: the batches the step times are taken at: training as the recipes train, inference as the convert suite serves
 TRAIN_BATCH, INFER_BATCH = 128, 256
 
@@ -74,6 +81,20 @@ def matched_overrides(build: Callable[[list[str]], object], num_patches: int, ta
     return out
 
 
+def capacity_override(capacities: float | list[float | None], capacity: float) -> str:
+    """The override that puts every routed block of a ``routing.capacity`` (one value for all blocks, or a list
+    where ``None`` is a dense block) at ``capacity`` and leaves the dense blocks dense."""
+    if not isinstance(capacities, list):
+        return f"routing.capacity={capacity:g}"
+    return "routing.capacity=[" + ", ".join("null" if c is None else f"{capacity:g}" for c in capacities) + "]"
+
+
+def budgets(routed_capacities: float | list[float | None]) -> dict[str, list[str]]:
+    """Arm-name suffix -> the routed recipe's overrides, one entry per budget: the recipe as it is (no suffix: the
+    headline) and its routed blocks at ``SECOND_CAPACITY``."""
+    return {"": [], f"_c{SECOND_CAPACITY:g}": [capacity_override(routed_capacities, SECOND_CAPACITY)]}
+
+
 def speed_rows(models: dict, rounds: int) -> list[dict]:
     """Per model: training and inference step-time speed-ups over ``dense``, timed round-robin in this run: the
     median per-round ratio with its 95% interval (``paired_speedup``)."""
@@ -100,8 +121,8 @@ def routing_baseline_suite(
     quick: bool, out: Path, seeds: list[int], allow_mismatch: bool = False, overrides: list[str] | None = None
 ) -> dict:
     """Routed from scratch vs the dense baseline, token dropping and token merging at the routed model's training
-    FLOPs, at equal epochs. ``--quick``: a 5,000-image subset for half an epoch, one seed (checks the path, not the
-    goals)."""
+    FLOPs at two budgets (``budgets``), at equal epochs; and the headline at the dense arm's wall-clock. ``--quick``:
+    a 5,000-image subset for half an epoch, one seed (checks the path, not the goals)."""
     overrides = list(overrides or [])
     rounds = 3 if quick else 10
     if quick:
@@ -113,15 +134,18 @@ def routing_baseline_suite(
         return build_model(load_recipe(resolve_recipe_path(recipe_name), [*overrides, *extra]), bundle)
 
     dense = build(DENSE_RECIPE, [])
-    routed = build(ROUTED_RECIPE, [])
     num_patches = dense.patch_embed.num_patches
-    matched = matched_overrides(lambda o: build(DENSE_RECIPE, o), num_patches, step_flops(routed, 2, train=True))
-    arms = [
-        Arm("dense", DENSE_RECIPE),
-        Arm(HEADLINE, ROUTED_RECIPE),
-        *(Arm(name, DENSE_RECIPE, m["overrides"]) for name, m in matched.items()),
-    ]
-    models = {"dense": dense, HEADLINE: routed} | {n: build(DENSE_RECIPE, m["overrides"]) for n, m in matched.items()}
+    routed_capacities = load_recipe(resolve_recipe_path(ROUTED_RECIPE), overrides).routing.capacity
+    arms, models, matched = [Arm("dense", DENSE_RECIPE)], {"dense": dense}, {}
+    for suffix, routed_extra in budgets(routed_capacities).items():
+        routed = build(ROUTED_RECIPE, routed_extra)
+        found = matched_overrides(lambda o: build(DENSE_RECIPE, o), num_patches, step_flops(routed, 2, train=True))
+        arms.append(Arm(HEADLINE + suffix, ROUTED_RECIPE, routed_extra))
+        models[HEADLINE + suffix] = routed
+        for name, m in found.items():
+            arms.append(Arm(name + suffix, DENSE_RECIPE, m["overrides"]))
+            models[name + suffix] = build(DENSE_RECIPE, m["overrides"])
+            matched[name + suffix] = m
     (out / "matched.json").write_text(json.dumps(matched, indent=2) + "\n")
     res: dict = {"headline_arm": HEADLINE, "matched": {n: m["overrides"] for n, m in matched.items()}}
     res["rows"] = speed_rows(models, rounds)
@@ -131,9 +155,17 @@ def routing_baseline_suite(
     res.update(step_train_speedup=head["train_speedup"], infer_speedup=head[f"infer_speedup b{INFER_BATCH}"])
 
     records = run_arms(arms, seeds, out / "runs", overrides, allow_mismatch)
+    wall = mean_by_arm(records, "wall_clock_s")
+    # equal wall-clock: the headline given as many more epochs as its measured speed buys (from the runs above, so a
+    # rerun that reuses them asks for the same length and reuses this arm too)
+    epochs = epochs_from(overrides, load_recipe(resolve_recipe_path(ROUTED_RECIPE), overrides).schedule.epochs)
+    res["equal_time_epochs"] = round(epochs * wall["dense"] / wall[HEADLINE], 2)
+    equal = Arm(f"{HEADLINE}_equal_time", ROUTED_RECIPE, [f"schedule.epochs={res['equal_time_epochs']}"])
+    records += run_arms([equal], seeds, out / "runs", overrides, allow_mismatch)
     check_comparable(records, allow_mismatch)
-    acc, wall = mean_by_arm(records, "acc"), mean_by_arm(records, "wall_clock_s")
+    acc = mean_by_arm(records, "acc")
     res["train_speedup"] = wall["dense"] / wall[HEADLINE]
     res["acc_delta"] = 100 * (acc[HEADLINE] - acc["dense"])
+    res["acc_delta_equal_time"] = 100 * (acc[equal.name] - acc["dense"])
     res.update(arms_report(records, "dense", out))
     return res
