@@ -1,5 +1,5 @@
-"""DataLoader workers start from a fork server (``zoo.data.workers``) that imports the loaders, never the caller's
-script: forking the training process once it runs threads can deadlock a new worker."""
+"""DataLoader workers start from a fork server (``zoo.data.workers``), not by forking the training process (which
+can deadlock a new worker once that process runs threads); as under spawn, a worker imports the caller's script."""
 
 import multiprocessing
 import subprocess
@@ -58,7 +58,7 @@ def test_a_guarded_training_script_runs_its_main_once(tmp_path):
 
 def test_an_unguarded_training_script_is_told_the_idiom(tmp_path):
     """Without the guard the workers would re-run the script: Python refuses and names the idiom (as on macOS and
-    Windows, and on Linux from Python 3.14); README says so where it shows training from Python."""
+    Windows, and on Linux from Python 3.14); README's data section says so."""
     done, _ = _run_script(tmp_path, "main()")
     assert done.returncode != 0
     assert "if __name__ == '__main__'" in done.stderr

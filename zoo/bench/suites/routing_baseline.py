@@ -135,9 +135,9 @@ def routing_baseline_suite(
 
     dense = build(DENSE_RECIPE, [])
     num_patches = dense.patch_embed.num_patches
-    routed_capacities = load_recipe(resolve_recipe_path(ROUTED_RECIPE), overrides).routing.capacity
+    routed_recipe = load_recipe(resolve_recipe_path(ROUTED_RECIPE), overrides)
     arms, models, matched = [Arm("dense", DENSE_RECIPE)], {"dense": dense}, {}
-    for suffix, routed_extra in budgets(routed_capacities).items():
+    for suffix, routed_extra in budgets(routed_recipe.routing.capacity).items():
         routed = build(ROUTED_RECIPE, routed_extra)
         found = matched_overrides(lambda o: build(DENSE_RECIPE, o), num_patches, step_flops(routed, 2, train=True))
         arms.append(Arm(HEADLINE + suffix, ROUTED_RECIPE, routed_extra))
@@ -158,7 +158,7 @@ def routing_baseline_suite(
     wall = mean_by_arm(records, "wall_clock_s")
     # equal wall-clock: the headline given as many more epochs as its measured speed buys (from the runs above, so a
     # rerun that reuses them asks for the same length and reuses this arm too)
-    epochs = epochs_from(overrides, load_recipe(resolve_recipe_path(ROUTED_RECIPE), overrides).schedule.epochs)
+    epochs = epochs_from(overrides, routed_recipe.schedule.epochs)
     res["equal_time_epochs"] = round(epochs * wall["dense"] / wall[HEADLINE], 2)
     equal = Arm(f"{HEADLINE}_equal_time", ROUTED_RECIPE, [f"schedule.epochs={res['equal_time_epochs']}"])
     records += run_arms([equal], seeds, out / "runs", overrides, allow_mismatch)
