@@ -19,7 +19,9 @@ from __future__ import annotations
 import multiprocessing
 from multiprocessing.context import BaseContext
 
-#: what the fork server imports before forking workers: the loaders and what they import (torch, datasets, PIL)
+#: what the fork server imports before forking workers: the loaders and what they import at module level (torch, PIL);
+#: ``datasets`` is imported lazily, by the workers that need it (preloading it here saved under 10% of the slowest
+#: streaming test's time: CHANGELOG)
 PRELOAD = ["zoo.data.pipeline"]
 
 
