@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from zoo.bench.stats import mean_ci, ratio_ci, time_to_reach, welch_ttest
+from zoo.bench.stats import mean_ci, paired_accuracy_diff, ratio_ci, time_to_reach, welch_ttest
 
 T_975_DF3 = 3.182446305  # Student-t table, 0.975 quantile, 3 df
 
@@ -152,3 +152,37 @@ def test_time_to_reach():
     assert time_to_reach(curve, 0.9) is None
     assert time_to_reach([], 0.1) is None
     assert time_to_reach([[1, float("nan")], [2, 0.3]], 0.1) == 2.0
+
+
+def _binom_tail_at_least(k: int, n: int, p: float) -> float:
+    return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1))
+
+
+def test_paired_accuracy_diff_against_hand_counts():
+    # 100 images: both right on 80, a alone on 10, b alone on 2, both wrong on 8
+    a = [True] * 80 + [True] * 10 + [False] * 2 + [False] * 8
+    b = [True] * 80 + [False] * 10 + [True] * 2 + [False] * 8
+    r = paired_accuracy_diff(a, b)
+    assert (r["n"], r["n_ab"], r["n_ba"]) == (100, 10, 2)
+    assert r["diff"] == pytest.approx(0.08)
+    # McNemar exact, two-sided: 2 * P(X >= 10), X ~ Binomial(12, 1/2) = 2 * (66 + 12 + 1) / 4096
+    assert r["p_value"] == pytest.approx(2 * 79 / 4096)
+    # the bounds map Clopper-Pearson's: at the lower share P(X >= 10) = 0.025, at the upper P(X <= 10) = 0.025
+    low_share = (r["ci_low"] * 100 / 12 + 1) / 2
+    high_share = (r["ci_high"] * 100 / 12 + 1) / 2
+    assert _binom_tail_at_least(10, 12, low_share) == pytest.approx(0.025, abs=1e-9)
+    assert 1 - _binom_tail_at_least(11, 12, high_share) == pytest.approx(0.025, abs=1e-9)
+    assert r["ci_low"] < r["diff"] < r["ci_high"]
+
+
+def test_paired_accuracy_diff_is_antisymmetric_and_degenerate_cases():
+    a = [True, False, True, True, False, True]
+    b = [False, True, True, False, False, True]
+    r, s = paired_accuracy_diff(a, b), paired_accuracy_diff(b, a)
+    assert r["diff"] == pytest.approx(-s["diff"]) and r["p_value"] == pytest.approx(s["p_value"])
+    assert r["ci_low"] == pytest.approx(-s["ci_high"]) and r["ci_high"] == pytest.approx(-s["ci_low"])
+    same = paired_accuracy_diff(a, a)
+    assert (same["diff"], same["ci_low"], same["ci_high"], same["p_value"]) == (0.0, 0.0, 0.0, 1.0)
+    assert "same images" in same["reason"]
+    with pytest.raises(ValueError, match="equally long"):
+        paired_accuracy_diff(a, b[:-1])

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from scipy import stats as _st
 
-__all__ = ["mean_ci", "welch_ttest", "ratio_ci", "time_to_reach"]
+__all__ = ["mean_ci", "welch_ttest", "ratio_ci", "paired_accuracy_diff", "time_to_reach"]
 
 
 def _as_array(values: Iterable[float], name: str = "values") -> np.ndarray:
@@ -215,6 +215,45 @@ def ratio_ci(a: Iterable[float], b: Iterable[float], confidence: float = 0.95) -
         se_log=se,
         df=float(df),
     )
+    return out
+
+
+def paired_accuracy_diff(correct_a: Sequence[bool], correct_b: Sequence[bool], confidence: float = 0.95) -> dict:
+    """Top-1 of model ``a`` minus model ``b`` on the same test images, from each image's right/wrong pair.
+
+    Two models scored on one test split are paired: only the images they disagree on carry information (``a`` right
+    and ``b`` wrong: ``n_ab``; the reverse: ``n_ba``), so treating the two accuracies as independent proportions would
+    overstate the noise several-fold. McNemar's exact test: under "equally accurate", ``n_ab`` is Binomial(``n_ab +
+    n_ba``, 1/2) (``scipy.stats.binomtest``; scipy has no McNemar and statsmodels is not a dependency for one
+    function). The interval is the exact conditional one: the Clopper-Pearson interval of ``n_ab / (n_ab + n_ba)``
+    mapped onto the difference ``(n_ab - n_ba) / n``, with the number of discordant images taken as given.
+
+    Returns:
+        ``{"diff", "ci_low", "ci_high", "p_value", "n", "n_ab", "n_ba", "confidence", "method", "reason"}``, the
+        difference and its bounds as fractions (x 100 for points). With no discordant image the interval is the
+        point ``0`` and ``p_value`` 1 (``reason`` says so).
+
+    Raises:
+        ValueError: If the two sequences differ in length or are empty.
+    """
+    a = np.asarray(correct_a, dtype=bool).reshape(-1)
+    b = np.asarray(correct_b, dtype=bool).reshape(-1)
+    if a.size != b.size or a.size == 0:
+        raise ValueError(f"paired_accuracy_diff needs two equally long, non-empty sequences (got {a.size}, {b.size})")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    n, n_ab, n_ba = int(a.size), int((a & ~b).sum()), int((~a & b).sum())
+    discordant = n_ab + n_ba
+    out = {"diff": (n_ab - n_ba) / n, "ci_low": 0.0, "ci_high": 0.0, "p_value": 1.0, "n": n, "n_ab": n_ab,
+           "n_ba": n_ba, "confidence": confidence, "method": "McNemar exact; conditional Clopper-Pearson interval",
+           "reason": None}  # fmt: skip
+    if discordant == 0:
+        out["reason"] = "the two models are right on exactly the same images"
+        return out
+    test = _st.binomtest(n_ab, discordant, 0.5)
+    share = test.proportion_ci(confidence_level=confidence, method="exact")
+    scale = discordant / n
+    out.update(ci_low=scale * (2 * share.low - 1), ci_high=scale * (2 * share.high - 1), p_value=float(test.pvalue))
     return out
 
 

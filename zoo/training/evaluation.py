@@ -36,6 +36,7 @@ def evaluate(
     std,
     gather: Callable | None = None,
     num_classes: int | None = None,
+    per_sample: bool = False,
 ) -> dict:
     """Top-1 accuracy and mean cross-entropy of ``model`` over uint8 image batches.
 
@@ -44,9 +45,11 @@ def evaluate(
         gather: ``Accelerator.gather_for_metrics`` when the batches are this process's shard (every process then
             gets the totals over all of them, without the padding of the last batch); None in a single process.
         num_classes: when given, also count the confusion matrix (``matrix[true][predicted]``).
+        per_sample: also return ``"correct"``, a bool tensor with one entry per image in the batches' order: two
+            models scored on one split are then compared image by image (``zoo.bench.stats.paired_accuracy_diff``).
 
     Returns:
-        ``{"acc", "loss", "n"}`` (and ``"matrix"``). The model's train/eval mode is restored afterwards.
+        ``{"acc", "loss", "n"}`` (and ``"matrix"``, ``"correct"``). The model's train/eval mode is restored afterwards.
     """
     was_training = model.training
     model.eval()
@@ -54,6 +57,7 @@ def evaluate(
     correct = total = 0
     loss_sum = 0.0
     matrix = torch.zeros(num_classes or 0, num_classes or 0, dtype=torch.int64)
+    hits = []
     for x, y in batches:
         logits = model(fit_resolution(normalize(x, mean, std), size)).float()
         loss = F.cross_entropy(logits, y, reduction="sum")
@@ -61,12 +65,16 @@ def evaluate(
         if gather is not None:
             preds, ys, losses = gather((preds, ys, losses))
         correct += (preds == ys).sum().item()
+        if per_sample:
+            hits.append(preds == ys)
         total += ys.numel()
         loss_sum += losses.sum().item()
         if num_classes:
             matrix += torch.bincount(ys * num_classes + preds, minlength=num_classes**2).reshape(matrix.shape)
     model.train(was_training)
     out = {"acc": correct / max(total, 1), "loss": loss_sum / max(total, 1), "n": total}
+    if per_sample:
+        out["correct"] = torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
     return {**out, "matrix": matrix.tolist()} if num_classes else out
 
 
@@ -114,6 +122,7 @@ def accuracy(
     batch_size: int = 512,
     progress: bool = False,
     num_classes: int | None = None,
+    per_sample: bool = False,
 ) -> dict:
     """``evaluate`` over in-memory tensors (``x_uint8``, ``y``) or a split (``x_uint8`` an ``ImageSource``, ``y``
     None), leaving the model in eval mode (``progress``: a bar on stderr)."""
@@ -121,7 +130,7 @@ def accuracy(
     source = x_uint8 if isinstance(x_uint8, (ImageSource, StreamSource)) else TensorSource(x_uint8, y)
     batches = split_batches(source, batch_size)
     bar = tqdm(batches, total=math.ceil(len(source) / batch_size), desc="eval", unit="batch", disable=not progress)
-    return evaluate(model, bar, mean, std, num_classes=num_classes)
+    return evaluate(model, bar, mean, std, num_classes=num_classes, per_sample=per_sample)
 
 
 def _published_for_bare_name(source: str) -> str:
@@ -147,10 +156,11 @@ def evaluate_source(
     classes=None,
     test_subset=None,
     progress: bool = False,
+    per_sample: bool = False,
 ) -> dict:
     """Top-1 and loss of ``source`` on the test split; ``test_subset`` keeps the same deterministic class-balanced
     subset a recipe's ``data.test_subset`` trains against (so `zoo demo --set data.test_subset=N` compares like
-    with like).
+    with like); ``per_sample``: with each image's right/wrong in the split's order (``evaluate``).
 
     A bare architecture name means its published weights, as ``timm.create_model(name, pretrained=True)`` does: a
     random initialisation has nothing to evaluate, so a name without published weights is an error."""
@@ -169,4 +179,5 @@ def evaluate_source(
         raise DataError(
             f"{source}: num_classes: model predicts {model.num_classes} classes, data has {bundle.num_classes}"
         )
-    return accuracy(model, bundle.test, None, bundle.mean, bundle.std, batch_size, progress=progress)
+    return accuracy(model, bundle.test, None, bundle.mean, bundle.std, batch_size, progress=progress,
+                    per_sample=per_sample)  # fmt: skip
