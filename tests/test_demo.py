@@ -52,12 +52,18 @@ def demo_run(tmp_path_factory, fmnist):
 def test_demo_json_has_the_base_and_one_object_per_model(demo_run):
     out, printed = demo_run
     assert printed["base"] == "zoo_vit_micro_conv16_p4.fmnist"
-    assert [m["name"] for m in printed["models"]] == [printed["base"], *(m.name for m in DEMO_MODELS)]
-    for m in printed["models"]:
+    assert printed["models"][0]["name"] == printed["base"]
+    every = {m["name"]: m for m in printed["models"] + printed["withheld"]}
+    assert len(every) == 1 + len(DEMO_MODELS) and set(every) == {printed["base"], *(m.name for m in DEMO_MODELS)}
+    for m in every.values():
         assert set(m) == JSON_KEYS
         assert 0 < m["top1"] <= 1 and m["infer_img_per_s"] > 0 and m["params"] > 0 and m["gflops"] > 0
         assert m["train_s"] > 0, "the base's from its published record, the others from their runs"
-    base, better, faster = printed["models"]
+    # what is offered and what is withheld follows the summary's per-axis verdicts
+    summary = json.loads((out / "demo.json").read_text())
+    for e in summary["models"][1:]:
+        assert (e["name"] in {m["name"] for m in printed["withheld"]}) == (e["better_on"] == []), e["name"]
+    base, better, faster = (every[n] for n in [printed["base"], *(m.name for m in DEMO_MODELS)])
     assert better["params"] > base["params"], "grown: more parameters"
     assert faster["gflops"] < base["gflops"] and faster["params"] == base["params"], "cls-attention routing: no weights"
     for name in ("demo.json", "demo.md", "demo.png"):
@@ -75,6 +81,9 @@ def test_demo_evaluates_every_model_for_real(demo_run):
     for entry, m in zip(summary["models"][1:], DEMO_MODELS):
         exported = evaluate_source(f"local-dir:{out / m.name}", "fashion-mnist", test_subset=200)
         assert entry["top1"] == exported["acc"] == pytest.approx(entry["run_final_acc"], abs=1e-9)
+        d = entry["top1_diff"]  # paired on the same 200 images: the counts give the accuracy difference exactly
+        assert (d["n_ab"] - d["n_ba"]) / 200 == pytest.approx(entry["top1"] - base["top1"], abs=1e-12)
+        assert d["ci_low"] <= d["diff"] <= d["ci_high"] and 0 <= d["p_value"] <= 1
         assert entry["top1"] > 0.6, "fine-tuned from the published weights (a fresh model cannot in 8 steps)"
         assert entry["steps"] == 8 and entry["reused"] is False
 
@@ -111,7 +120,8 @@ def test_demo_resume_reuses_the_finished_runs_and_its_kept_copy_renders_in_readm
     assert "STALE-DEMO-SECTION" not in section and all(m.name in section for m in DEMO_MODELS) and "demo.png" in section
     summary = json.loads((out / "demo.json").read_text())
     assert [e["reused"] for e in summary["models"][1:]] == [True, True]
-    assert [e["top1"] for e in summary["models"]] == [m["top1"] for m in printed["models"]]
+    first = {m["name"]: m["top1"] for m in printed["models"] + printed["withheld"]}
+    assert {e["name"]: e["top1"] for e in summary["models"]} == first
     for words in ("better: zoo_vit_micro_conv16_p4_d8.fmnist_grown", "(reused)", "demo total", "demo.png"):
         assert words in text
 
@@ -177,3 +187,51 @@ def test_goal_checks_judge_each_role_from_the_measured_numbers():
     s["models"][2].update(infer_speedup=1.38, infer_speedup_ci=[1.31, 1.47])
     assert not goal_checks(s)[1]["met"] and goal_checks(s)[1]["measured"] == "x1.38 [1.31, 1.47] at -0.46 pt"
     assert "2900 (x1.38 [1.31, 1.47])" in demo_markdown(s)
+
+
+def _summary(*models) -> dict:
+    return {"base": "base", "models": list(models), "profile": {"batch": 256, "rounds": 10}, "machine": {},
+            "seconds": 1.0, "out": "runs/demo"}  # fmt: skip
+
+
+def _entry(role, top1, speedup, params=100, gflops=0.02, diff=None):
+    e = {"name": f"m_{role}", "role": role, "how": "-", "top1": top1, "infer_img_per_s": 1000.0 * speedup,
+         "params": params, "gflops": gflops, "train_s": 1.0, "n_test": 10000, "infer_speedup": speedup,
+         "infer_speedup_ci": [speedup * 0.9, speedup * 1.1]}  # fmt: skip
+    if diff is not None:
+        e["top1_diff"] = {"diff": diff[0], "ci_low": diff[1], "ci_high": diff[2], "p_value": 0.5}
+    return e
+
+
+def test_better_on_counts_an_axis_only_beyond_its_noise():
+    from zoo.demo.report import better_on
+
+    base = _entry("base", 0.9086, 1.0)
+    assert better_on(_entry("x", 0.9116, 0.5, diff=(0.003, -0.001, 0.007)), base) == [], "gain inside its interval"
+    assert better_on(_entry("x", 0.9136, 0.5, diff=(0.005, 0.001, 0.009)), base) == ["top-1"]
+    assert better_on(_entry("x", 0.9087, 0.5), base) == ["top-1"], "no interval kept (old summary): the point decides"
+    assert better_on(_entry("x", 0.90, 1.05), base) == [], "x1.05 [0.95, 1.16]: not faster beyond noise"
+    assert better_on(_entry("x", 0.90, 1.4, gflops=0.01), base) == ["speed", "FLOPs"]
+    assert better_on(_entry("x", 0.90, 0.9, params=50), base) == ["size"]
+
+
+def test_a_model_better_on_no_axis_is_named_but_never_shown_as_a_result(tmp_path):
+    from zoo.demo import demo_json, demo_markdown, format_demo, plot_demo
+
+    base = _entry("base", 0.9086, 1.0)
+    grown = _entry("better", 0.9086, 0.53, params=180, gflops=0.036, diff=(0.0, -0.002, 0.002))
+    routed = _entry("faster", 0.9044, 1.36, gflops=0.012, diff=(-0.0042, -0.007, -0.0015))
+    s = _summary(base, grown, routed)
+    printed = demo_json(s)
+    assert [m["name"] for m in printed["models"]] == ["m_base", "m_faster"]
+    assert [m["name"] for m in printed["withheld"]] == ["m_better"] and set(printed["withheld"][0]) == JSON_KEYS
+    md = demo_markdown(s)
+    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    assert not any("m_better" in r for r in rows), "no table row for it"
+    assert "| 1360 (x1.36 [1.22, 1.50]) | 1 | speed, FLOPs |" in md
+    note = next(line for line in md.splitlines() if line.startswith("- not shown: better: m_better"))
+    assert "top-1 +0.00 pt [-0.20, +0.20]" in note and "params x1.80" in note and "runs/demo" in note
+    assert "-0.42 pt [-0.70, -0.15]" in md, "the offered model's difference carries its paired interval"
+    assert "m_better" not in "".join(line for line in format_demo(s).splitlines() if "hub-ready folder" in line)
+    pytest.importorskip("matplotlib")
+    assert plot_demo(s, tmp_path / "demo.png")

@@ -18,6 +18,50 @@ def speed_over_base(e: dict, base: dict) -> tuple[float, list[float] | None]:
     return e["infer_img_per_s"] / base["infer_img_per_s"], None
 
 
+def top1_gain(e: dict, base: dict) -> tuple[float, list[float] | None]:
+    """The model's top-1 minus the base's in points and its 95% interval: paired on the same test images
+    (``top1_diff``, McNemar; ``zoo.bench.stats.paired_accuracy_diff``); a summary written before the demo kept it
+    has only the difference."""
+    d = e.get("top1_diff")
+    if d:
+        return d["diff"] * 100, [d["ci_low"] * 100, d["ci_high"] * 100]
+    return (e["top1"] - base["top1"]) * 100, None
+
+
+def better_on(e: dict, base: dict) -> list[str]:
+    """The axes on which a model beats the base beyond measurement noise: ``top-1`` (its paired 95% interval above
+    zero), ``speed`` (the paired speed-up's interval above 1), ``size`` and ``FLOPs`` (exact counts: fewer). Without
+    an interval (an older summary) the point estimate decides. Empty: the model is no better than the base in any
+    way, and the demo does not offer it."""
+    gain, gain_ci = top1_gain(e, base)
+    speed, speed_ci = speed_over_base(e, base)
+    axes = []
+    if (gain_ci[0] if gain_ci else gain) > 0:
+        axes.append("top-1")
+    if (speed_ci[0] if speed_ci else speed) > 1:
+        axes.append("speed")
+    if e["params"] < base["params"]:
+        axes.append("size")
+    if e["gflops"] < base["gflops"]:
+        axes.append("FLOPs")
+    return axes
+
+
+def offered(s: dict) -> tuple[list[dict], list[dict]]:
+    """The base and the models better than it on some axis (the table, plot and ``--json`` show these), and the
+    ones better on none (each named in a note, its numbers given, never shown as a result)."""
+    base = s["models"][0]
+    shown, withheld = [base], []
+    for e in s["models"][1:]:
+        (shown if better_on(e, base) else withheld).append(e)
+    return shown, withheld
+
+
+def _gain_text(e: dict, base: dict) -> str:
+    gain, ci = top1_gain(e, base)
+    return f"{gain:+.2f} pt" + ("" if ci is None else f" [{ci[0]:+.2f}, {ci[1]:+.2f}]")
+
+
 def _paired(s: dict) -> bool:
     return all("infer_speedup" in e for e in s["models"])
 
@@ -30,9 +74,9 @@ def _speed_text(e: dict, base: dict) -> str:
 def _rows(s: dict) -> list[list[str]]:
     base = s["models"][0]
     rows = []
-    for e in s["models"]:
+    for e in offered(s)[0]:
         is_base = e is base
-        delta = "" if is_base else f" ({(e['top1'] - base['top1']) * 100:+.2f} pt)"
+        delta = "" if is_base else f" ({_gain_text(e, base)})"
         speed = "" if is_base else f" ({_speed_text(e, base)})"
         train = "-" if e.get("train_s") is None else f"{e['train_s']:.0f}"
         if not is_base and e.get("reused"):
@@ -40,6 +84,7 @@ def _rows(s: dict) -> list[list[str]]:
         rows.append([
             f"{e['role']}: {e['name']}", e["how"], f"{e['top1'] * 100:.2f}%{delta}", si(e["params"]),
             f"{e['gflops']:.4f}", f"{e['infer_img_per_s']:.0f}{speed}", train,
+            "-" if is_base else ", ".join(better_on(e, base)),
         ])  # fmt: skip
     return rows
 
@@ -57,11 +102,11 @@ def goal_checks(s: dict, goals: dict = ROLE_GOALS) -> list[dict]:
         speed, _ = speed_over_base(e, base)
         if e["role"] == "better":
             goal, met = f"top-1 >= base + {g['acc_gain_pt']:g} pt", gain >= g["acc_gain_pt"]
-            measured = f"{gain:+.2f} pt"
+            measured = _gain_text(e, base)
         else:
             goal = f">= {g['speedup']:g}x the base's img/s within {g['acc_loss_pt']:g} pt"
             met = speed >= g["speedup"] and gain >= -g["acc_loss_pt"]
-            measured = f"{_speed_text(e, base)} at {gain:+.2f} pt"
+            measured = f"{_speed_text(e, base)} at {_gain_text(e, base)}"
         checks.append({"name": e["name"], "role": e["role"], "goal": goal, "measured": measured, "met": bool(met)})
     return checks
 
@@ -69,16 +114,28 @@ def goal_checks(s: dict, goals: dict = ROLE_GOALS) -> list[dict]:
 def _header(s: dict) -> list[str]:
     n, batch = s["models"][0]["n_test"], s["profile"]["batch"]
     return ["model", "how", f"top-1 ({n} test images)", "params", "GFLOPs / image", f"inference img/s (batch {batch})",
-            "training s"]  # fmt: skip
+            "training s", "better than the base on"]  # fmt: skip
+
+
+def _withheld_note(e: dict, base: dict, out: str) -> str:
+    speed, ci = speed_over_base(e, base)
+    return (
+        f"not shown: {e['role']}: {e['name']} ({e['how']}): better than the base on no axis: top-1 "
+        f"{_gain_text(e, base)}, inference img/s x{speed:.2f}{'' if ci is None else ' ' + interval_text(*ci)}, "
+        f"params x{e['params'] / base['params']:.2f}, FLOPs x{e['gflops'] / base['gflops']:.2f}, against the base "
+        f"(its run and folder stay in {out} for inspection)"
+    )
 
 
 def _notes(s: dict) -> list[str]:
-    lines = []
+    base = s["models"][0]
+    lines = [_withheld_note(e, base, s["out"]) for e in offered(s)[1]]
     for e in s["models"]:
         q = e.get("scratch")
         if q:
             lines.append(
-                f"{e['name']} trained from scratch with the tuned recipe (not re-run: `zoo bench {q['suite']}`, "
+                f"what growing buys: {e['name']}'s architecture trained from scratch with the tuned recipe (not "
+                f"re-run: `zoo bench {q['suite']}`, "
                 f"{q['seeds']} seeds, {q['cpu']}, {q['date']}): {q['scratch_acc'] * 100:.2f}% "
                 f"[{q['scratch_acc_ci'][0] * 100:.2f}, {q['scratch_acc_ci'][1] * 100:.2f}] "
                 f"in {q['scratch_train_s']:.0f} s; "
@@ -93,6 +150,8 @@ def _notes(s: dict) -> list[str]:
     p = s["profile"]
     threads = (m.get("torch_threads") or {}).get("num_threads")
     paired = " (speed-ups: the median per-round ratio to the base [95% interval])" if _paired(s) else ""
+    if all("top1_diff" in e for e in s["models"][1:]):
+        paired = f"{paired}; top-1 differences: paired on the same images [95% interval, McNemar exact]"
     lines.append(
         f"accuracy: each model on the same test split (the new ones from their exported folders); inference: median "
         f"of {p['rounds']} interleaved rounds of batch {p['batch']} per model{paired}; machine: {m.get('cpu_model')} "
@@ -110,7 +169,7 @@ def format_demo(s: dict) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines += ["", *_notes(s), ""]
     out = Path(s["out"])
-    for e in s["models"][1:]:
+    for e in offered(s)[0][1:]:
         lines.append(f"{e['role']} model: hub-ready folder {out / e['name']} (card: README.md inside); load it with "
                      f"timm.create_model('local-dir:{out / e['name']}', pretrained=True)")  # fmt: skip
     lines.append(f"plot: {out / s['plot']}" if s.get("plot") else "plot: not written (pip install growzoo[plots])")
@@ -136,7 +195,7 @@ def plot_demo(s: dict, path: Path) -> bool:
     fig = Figure(figsize=(6.5, 4.5), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    for e in s["models"]:
+    for e in offered(s)[0]:
         x, y = e["infer_img_per_s"], e["top1"] * 100
         ax.scatter([x], [y], s=40)
         train = "published" if e["role"] == "base" else f"trained {e['train_s']:.0f} s"

@@ -16,8 +16,9 @@ import json
 import time
 from pathlib import Path
 
+from zoo.bench.stats import paired_accuracy_diff
 from zoo.demo.models import BASE, DEMO_MODELS, DemoModel
-from zoo.demo.report import demo_markdown, goal_checks, plot_demo
+from zoo.demo.report import better_on, demo_markdown, goal_checks, offered, plot_demo
 from zoo.demo.scratch_cost import scratch_quote
 from zoo.hub import load_model
 from zoo.measure.compare import compare_models
@@ -86,14 +87,21 @@ def run_demo(
 
     def evaluate(src: str) -> dict:  # the recipes' own test split (and subset), exactly what `zoo eval` computes
         return evaluate_source(src, d.name, path=d.path, batch_size=d.eval_batch_size, classes=d.classes,
-                               test_subset=d.test_subset)  # fmt: skip
+                               test_subset=d.test_subset, per_sample=True)  # fmt: skip
 
     base_eval = evaluate(base)  # first: a data or source problem stops the demo before any training
+    base_correct = base_eval.pop("correct")
+
+    def evaluate_against_base(src: str) -> dict:  # each image's right/wrong beside the base's: a paired difference
+        res = evaluate(src)
+        diff = paired_accuracy_diff(res.pop("correct").tolist(), base_correct.tolist())
+        return {**res, "top1_diff": {k: diff[k] for k in ("diff", "ci_low", "ci_high", "p_value", "n_ab", "n_ba")}}
+
     base_name = published_name(base) or base
     print(f"base: {base_name}: top-1 {base_eval['acc'] * 100:.2f}% on {base_eval['n']} test images")
     entries = [_base_entry(base_name, base, base_eval)]
     for m in models:
-        entries.append(_make(m, recipes[m.name], out, base_name, resume, force, progress, evaluate))
+        entries.append(_make(m, recipes[m.name], out, base_name, resume, force, progress, evaluate_against_base))
         entries[-1]["scratch"] = m.scratch_suite and scratch_quote(results, m.scratch_suite, recipes[m.name])
 
     t0 = time.perf_counter()
@@ -103,6 +111,8 @@ def run_demo(
         p = prof[e["name"]]
         e.update(params=p["params"], gflops=p["flops_per_img"] / 1e9, infer_img_per_s=p["infer_img_per_s"])
         e.update(infer_speedup=p["infer_speedup"], infer_speedup_ci=p["infer_speedup_ci"])
+    for e in entries[1:]:  # a model better on no axis is measured and kept on disk, but not offered as a result
+        e["better_on"] = better_on(e, entries[0])
     summary = {
         "base": base_name,
         "models": entries,
@@ -139,8 +149,9 @@ def _make(m: DemoModel, recipe: Recipe, out: Path, base_name: str, resume, force
     result = _read_result(run_dir)
     evaluation = evaluate(f"local-dir:{export_dir}")  # the exported folder itself: what a user downloads
     return {"name": m.name, "role": m.role, "how": m.how, "recipe": m.recipe, "source": f"local-dir:{export_dir}",
-            "top1": evaluation["acc"], "n_test": evaluation["n"], "train_s": result["wall_clock_s"],
-            "steps": result["steps"], "run_final_acc": result["final_acc"], "reused": reused}  # fmt: skip
+            "top1": evaluation["acc"], "top1_diff": evaluation["top1_diff"], "n_test": evaluation["n"],
+            "train_s": result["wall_clock_s"], "steps": result["steps"], "run_final_acc": result["final_acc"],
+            "reused": reused}  # fmt: skip
 
 
 def _read_result(folder: Path) -> dict:
@@ -156,6 +167,9 @@ def _machine() -> dict:
 
 
 def demo_json(summary: dict) -> dict:
-    """``zoo demo --json``: the base's name and one object per model (the base first)."""
+    """``zoo demo --json``: the base's name and one object per model it offers (the base first); ``withheld``: the
+    same for each model it made that is better than the base on no axis (``report.better_on``)."""
     keys = ("name", "top1", "infer_img_per_s", "params", "gflops", "train_s")
-    return {"base": summary["base"], "models": [{k: e[k] for k in keys} for e in summary["models"]]}
+    shown, withheld = offered(summary)
+    return {"base": summary["base"], "models": [{k: e[k] for k in keys} for e in shown],
+            "withheld": [{k: e[k] for k in keys} for e in withheld]}  # fmt: skip
