@@ -12,11 +12,13 @@ import torch.nn.functional as F
 from conftest import tiny_recipe
 from test_train import assert_bitwise_equal, weights
 
-from zoo.training.distillation import distillation_loss
+from zoo.training.distillation import distillation_loss, ensemble_logits
 from zoo.training.recipe import RecipeError, recipe_from_dict
 from zoo.training.trainer import train
 
 TEACHER = str(Path(__file__).resolve().parents[1] / "model_cards" / "zoo_vit_micro_p7.fmnist")
+# a second published model (another stem, another input normalisation): an ensemble member beside TEACHER
+OTHER = str(Path(__file__).resolve().parents[1] / "model_cards" / "zoo_vit_micro_conv16_p4.fmnist")
 
 
 def test_soft_loss_is_the_kl_divergence_times_t_squared():
@@ -28,6 +30,20 @@ def test_soft_loss_is_the_kl_divergence_times_t_squared():
         assert distillation_loss(s, t, "soft", temp) == pytest.approx(float(kl * temp * temp), rel=1e-5)
     assert distillation_loss(t, t, "soft", 2.0) == pytest.approx(0.0, abs=1e-6)
     assert distillation_loss(s, t, "hard", 1.0) == pytest.approx(float(F.cross_entropy(s, t.argmax(-1))))
+
+
+def test_ensemble_logits_soften_to_the_members_average_distribution():
+    torch.manual_seed(0)
+    members = [torch.randn(5, 10) * 3 for _ in range(3)]
+    for temp in (1.0, 2.5):
+        mean_p = sum(F.softmax(z / temp, -1) for z in members) / 3
+        torch.testing.assert_close(F.softmax(ensemble_logits(members, temp) / temp, -1), mean_p)
+    assert ensemble_logits(members[:1], 2.0) is members[0], "one teacher: its own logits"
+    # the loss against the ensemble is the KL to the averaged distribution (what Hinton et al. distil)
+    s = torch.randn(5, 10)
+    p_t = sum(F.softmax(z / 2.0, -1) for z in members) / 3
+    kl = (p_t * (p_t.log() - F.log_softmax(s / 2.0, -1))).sum(-1).mean() * 4.0
+    assert distillation_loss(s, ensemble_logits(members, 2.0), "soft", 2.0) == pytest.approx(float(kl), rel=1e-5)
 
 
 def test_soft_loss_pulls_the_student_towards_the_teacher():
@@ -47,6 +63,9 @@ def test_soft_loss_pulls_the_student_towards_the_teacher():
         ({"temperature": 0.0}, "distill.temperature"),
         ({"kind": "feature"}, "distill.kind"),
         ({"teacher": "pretrained"}, "distill.teacher"),  # model.pretrained is not set in the tiny recipe
+        ({"teacher": ["pretrained", "x"]}, "distill.teacher"),
+        ({"teacher": []}, "distill.teacher"),
+        ({"teacher": ["a", "b", "a"]}, "distill.teacher"),  # a member twice would weigh double
         ({"temprature": 2.0}, "distill.temprature"),
     ],
 )
@@ -97,3 +116,18 @@ def test_distilled_run_resumes_bitwise_exact(tmp_path, fmnist):
     train(plain, tmp_path / "plain", progress=False)
     a, b = weights(tmp_path / "full"), weights(tmp_path / "plain")
     assert any(not torch.equal(a[k], b[k]) for k in a), "the teacher changed the training"
+
+
+def test_an_ensemble_teacher_trains_resumes_exactly_and_differs_from_one_member(tmp_path, fmnist):
+    ens = recipe_from_dict(tiny_recipe(distill={"teacher": [TEACHER, OTHER], "weight": 0.7, "temperature": 2.0}))
+    train(ens, tmp_path / "full", progress=False)
+    train(ens, tmp_path / "part", progress=False, stop_after=3)
+    train(ens, tmp_path / "part", resume=True, progress=False)
+    assert_bitwise_equal(weights(tmp_path / "full"), weights(tmp_path / "part"))
+    one = recipe_from_dict(tiny_recipe(distill={"teacher": TEACHER, "weight": 0.7, "temperature": 2.0}))
+    train(one, tmp_path / "one", progress=False)
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "one")
+    assert any(not torch.equal(a[k], b[k]) for k in a), "the second member changed the teacher"
+    missing = recipe_from_dict(tiny_recipe(distill={"teacher": [TEACHER, str(tmp_path / "missing")]}))
+    with pytest.raises(RecipeError, match="distill.teacher"):
+        train(missing, tmp_path / "bad", progress=False)

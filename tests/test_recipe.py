@@ -144,7 +144,7 @@ def test_types_are_strict_and_messages_name_the_field():
         ({"data": {"batch_size": "128"}}, "data.batch_size: expected an integer, got '128'"),
         ({"data": {"flip": 1}}, "data.flip: expected true/false, got 1"),
         ({"optim": {"lr": True}}, "optim.lr: expected a number, got True"),
-        ({"optim": {"betas": [0.9]}}, "optim.betas: must have 2 entries, got 1"),
+        ({"optim": {"betas": [0.9]}}, "optim.betas: must have at least 2 entries, got 1"),
         ({"routing": {"capacity": [0.5, None, "x"]}}, "routing.capacity[2]: expected a number, got 'x'"),
         ({"growth": {"stages": [{"at": 0.5, "depht": 4}]}}, "growth.stages[0].depht: unknown key (allowed: at, "),
         ({"unfreeze": {"stages": [{"at": 0.5}]}}, "unfreeze.stages[0].trainable_from: required field is missing"),

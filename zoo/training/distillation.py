@@ -8,10 +8,15 @@ task object wraps the student's forward and loss as one module; the trainer keep
 accumulation, Mixup targets), so only the teacher wrapper is reused and the loss is the one line below.
 
 The usual use is a conversion fine-tune: the dense model a routed or merged one came from is its teacher
-(``teacher: pretrained``), as DynamicViT and DeiT distil from the model they compress.
+(``teacher: pretrained``), as DynamicViT and DeiT distil from the model they compress. A list of teachers is an
+ensemble (Hinton et al.'s original use of distillation: an ensemble's knowledge in one model): its members'
+temperature-softened distributions are averaged, so a model can learn from a teacher more accurate than any one
+published model. timm's distillation task takes one teacher, so the averaging is written here (``ensemble_logits``).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -35,15 +40,29 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, t
     return F.kl_div(log_s, log_t, reduction="batchmean", log_target=True) * (t * t)
 
 
-def teacher_source(recipe: Recipe) -> str:
-    d = recipe.distill
-    return recipe.model.pretrained if d.teacher == "pretrained" else d.teacher
+def ensemble_logits(logits: list[torch.Tensor], temperature: float) -> torch.Tensor:
+    """One teacher's logits from several: ``T * log(mean_i softmax(z_i / T))``, whose softmax at temperature ``T`` is
+    exactly the members' average softened distribution (so ``distillation_loss`` needs no ensemble case, and its
+    top class is the ensemble's vote by probability). One member's logits come back unchanged."""
+    if len(logits) == 1:
+        return logits[0]
+    t = temperature
+    log_p = torch.stack([F.log_softmax(z / t, dim=-1) for z in logits])
+    return t * (torch.logsumexp(log_p, dim=0) - math.log(len(logits)))
 
 
-def load_teacher(recipe: Recipe, num_classes: int, device: torch.device) -> DistillationTeacher:
-    """The recipe's teacher, frozen, in eval mode, on ``device``; a RecipeError names ``distill.teacher`` when it
-    cannot be loaded or predicts a different number of classes than the data has."""
-    src = teacher_source(recipe)
+def teacher_sources(recipe: Recipe) -> list[str]:
+    """The teacher's members as model sources (``pretrained`` read as ``model.pretrained``)."""
+    return [recipe.model.pretrained if t == "pretrained" else t for t in recipe.distill.teachers()]
+
+
+def load_teachers(recipe: Recipe, num_classes: int, device: torch.device) -> list[DistillationTeacher]:
+    """The recipe's teacher (each member of an ensemble), frozen, in eval mode, on ``device``; a RecipeError names
+    ``distill.teacher`` when one cannot be loaded or predicts a different number of classes than the data has."""
+    return [_load_member(src, num_classes, device) for src in teacher_sources(recipe)]
+
+
+def _load_member(src: str, num_classes: int, device: torch.device) -> DistillationTeacher:
     if src.endswith(".safetensors"):  # a bare weights file has no config to build the teacher from
         raise RecipeError("recipe", "distill.teacher", f"needs a model folder or hub id, not a weights file: {src}")
     try:
@@ -59,19 +78,25 @@ def load_teacher(recipe: Recipe, num_classes: int, device: torch.device) -> Dist
 
 
 class Distiller:
-    """The teacher and the loss mix, applied to one micro-batch in the trainer's step."""
+    """The teacher (one model or an ensemble) and the loss mix, applied to one micro-batch in the trainer's step."""
 
-    def __init__(self, config: DistillConfig, teacher: DistillationTeacher, mean, std, device: torch.device):
-        self.config, self.teacher = config, teacher
+    def __init__(
+        self, config: DistillConfig, teachers: list[DistillationTeacher], mean, std, device: torch.device
+    ) -> None:
+        self.config, self.teachers = config, teachers
         self.student_mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
         self.student_std = torch.tensor(std, device=device).view(1, -1, 1, 1)
-        self.teacher_size = teacher.model.model_args.get("img_size") if hasattr(teacher.model, "model_args") else None
 
     @torch.no_grad()
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The teacher's logits for the student's (normalised, augmented) batch ``x``."""
-        x = self.teacher.normalize_input(x, self.student_mean, self.student_std)
-        return self.teacher(fit_resolution(x, self.teacher_size)).float()
+        """The teacher's logits for the student's (normalised, augmented) batch ``x``: each member sees it in its own
+        normalisation and input size; an ensemble's are combined by ``ensemble_logits``."""
+        logits = []
+        for teacher in self.teachers:
+            size = getattr(teacher.model, "model_args", {}).get("img_size")
+            xt = teacher.normalize_input(x, self.student_mean, self.student_std)
+            logits.append(teacher(fit_resolution(xt, size)).float())
+        return ensemble_logits(logits, self.config.temperature)
 
     def mix(self, task_loss: torch.Tensor, student_logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         c = self.config

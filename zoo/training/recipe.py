@@ -183,7 +183,8 @@ def recipe_error(source: str, error: ValidationError) -> RecipeError:
     elif kind == "finite_number":
         msg = f"must be a finite number, got {value!r}"
     elif kind in ("too_short", "too_long"):
-        msg = f"must have {ctx.get('min_length', ctx.get('max_length'))} entries, got {len(value)}"
+        bound = "at least" if kind == "too_short" else "at most"
+        msg = f"must have {bound} {ctx.get('min_length', ctx.get('max_length'))} entries, got {len(value)}"
     elif _kind_error(e):
         same = [x for x in errors if _kind_error(x) and _dotted(x["loc"]) == _dotted(e["loc"])]
         kinds = [x["ctx"]["expected"] if x["type"] == "literal_error" else _EXPECTED[x["type"]] for x in same]

@@ -29,8 +29,18 @@ def check_recipe(recipe: RecipeSchema, err) -> None:
     r = recipe.routing
     if r is not None and r.weight != "sigmoid" and r.router != "linear":
         raise err("routing.weight", f"weights tokens by a learned router's score: needs router linear, not {r.router}")
-    if recipe.distill is not None and recipe.distill.teacher == "pretrained" and recipe.model.pretrained is None:
+    if recipe.distill is not None:
+        _check_teachers(recipe, err)
+
+
+def _check_teachers(recipe: RecipeSchema, err) -> None:
+    teachers = recipe.distill.teachers()
+    if "pretrained" in teachers and recipe.model.pretrained is None:
         raise err("distill.teacher", "'pretrained' names model.pretrained, which is not set: give a model source")
+    resolved = [recipe.model.pretrained if t == "pretrained" else t for t in teachers]
+    twice = sorted({t for t in resolved if resolved.count(t) > 1})
+    if twice:  # an ensemble member listed twice would silently weigh double
+        raise err("distill.teacher", f"lists {twice[0]} more than once")
 
 
 def _check_schedule(s: ScheduleConfig, err) -> None:

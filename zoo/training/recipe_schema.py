@@ -217,13 +217,18 @@ class DistillConfig(Section):
     """Knowledge distillation from a fixed teacher: loss = (1 - weight) * task loss + weight * distillation loss."""
 
     # a model source (local-dir:, hf-hub:, a published tag, a folder), or `pretrained`: the model this run starts from
-    # (model.pretrained), the usual teacher of a conversion fine-tune
-    teacher: str = "pretrained"
+    # (model.pretrained), the usual teacher of a conversion fine-tune; or a list of them: an ensemble teacher (its
+    # members' temperature-softened distributions averaged), stronger than any one of them
+    teacher: str | Annotated[list[str], Field(min_length=1)] = "pretrained"
     weight: Annotated[Float, Field(gt=0, le=1)] = 0.5
     # soft: KL(teacher || student) of the temperature-softened distributions, times T^2 (Hinton et al.);
     # hard: cross-entropy on the teacher's top class (DeiT's hard distillation)
     kind: Literal["soft", "hard"] = "soft"
     temperature: Positive = 1.0
+
+    def teachers(self) -> list[str]:
+        """The teacher's members as a list (one for a single teacher)."""
+        return [self.teacher] if isinstance(self.teacher, str) else list(self.teacher)
 
 
 class RecipeSchema(Section):

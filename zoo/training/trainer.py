@@ -31,7 +31,7 @@ from zoo.measure.machine import gemm_peaks_gflops
 from zoo.training import run_checkpoints as ckpt
 from zoo.training.adaptive_freezing import PlasticityMonitor, check_steps
 from zoo.training.budget import budget_boundaries
-from zoo.training.distillation import Distiller, load_teacher
+from zoo.training.distillation import Distiller, load_teachers
 from zoo.training.evaluation import evaluate, evaluate_shards, fit_resolution
 from zoo.training.freezing import set_group_lrs
 from zoo.training.interrupt import StoppedBySignal, stop_on_signals
@@ -192,8 +192,8 @@ class Trainer:
         self.ema = ModelEmaV3(model, decay=t.ema, use_warmup=t.ema_warmup, device=acc.device) if t.ema else None
         self.distiller = None
         if recipe.distill is not None:  # a fixed teacher: nothing of it is trained or checkpointed
-            teacher = load_teacher(recipe, self.bundle.num_classes, acc.device)
-            self.distiller = Distiller(recipe.distill, teacher, self.bundle.mean, self.bundle.std, acc.device)
+            teachers = load_teachers(recipe, self.bundle.num_classes, acc.device)
+            self.distiller = Distiller(recipe.distill, teachers, self.bundle.mean, self.bundle.std, acc.device)
         optimizer = build_optimizer(model, recipe)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         if self.state is not None:
