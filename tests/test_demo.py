@@ -134,26 +134,32 @@ def test_demo_refuses_a_different_run_without_force(demo_run, capsys):
     assert (out / "demo.json").read_text() == before, "nothing overwritten"
 
 
-def test_scratch_cost_is_quoted_only_for_the_same_recipe(tmp_path):
+def test_scratch_cost_is_quoted_only_for_the_same_architecture(tmp_path):
     from zoo.demo.scratch_cost import scratch_quote
     from zoo.training.recipe import load_recipe
     from zoo.training.recipe_lookup import resolve_recipe_path
 
     recipe = load_recipe(resolve_recipe_path("fmnist_conv16_grown"), [f"model.pretrained={BASE}"])
     suite = tmp_path / "grow-pretrained-conv16"
-    kept = suite / "grown" / "seed1"
-    kept.mkdir(parents=True)
-    (kept / "recipe.yaml").write_text(resolve_recipe_path("fmnist_conv16_grown").read_text())
+    for arm, kept_recipe in (("grown", "fmnist_conv16_grown"), ("scratch", "fmnist_conv16_d8")):
+        kept = suite / arm / "seed1"
+        kept.mkdir(parents=True)
+        (kept / "recipe.yaml").write_text(resolve_recipe_path(kept_recipe).read_text())
     stat = {"mean": 0.9, "ci_low": 0.89, "ci_high": 0.91}
     arms = [{"arm": "scratch", "n": 3, "acc": stat, "wall_clock_s": {"mean": 1000.0}},
             {"arm": "grown", "n": 3, "acc": {**stat, "mean": 0.905}, "wall_clock_s": {"mean": 400.0}}]  # fmt: skip
     manifest = {"cpu_model": "X", "cpu_capability": "AVX512", "cpu_count": 2, "created_at": "2026-12-03T00:00"}
     (suite / "summary.json").write_text(json.dumps({"quick": False, "arms": arms, "manifest": manifest}))
-    q = scratch_quote(tmp_path, "grow-pretrained-conv16", recipe)
+    eight = timm.create_model("zoo_vit_micro_conv16_p4", depth=8, num_classes=10, in_chans=1, img_size=28)
+    config = {"architecture": "zoo_vit_micro_conv16_p4", "num_classes": 10, "model_args": eight.model_args}
+    q = scratch_quote(tmp_path, "grow-pretrained-conv16", recipe, config)
     assert q["scratch_train_s"] == 1000.0 and q["grown_train_s"] == 400.0 and q["seeds"] == 3
     other = load_recipe(resolve_recipe_path("fmnist_conv16_grown"), ["optim.lr=0.001"])
-    assert scratch_quote(tmp_path, "grow-pretrained-conv16", other) is None, "another recipe: no quote"
-    assert scratch_quote(tmp_path, "missing-suite", recipe) is None
+    q = scratch_quote(tmp_path, "grow-pretrained-conv16", other, config)
+    assert q["scratch_acc"] == 0.9 and q["grown_acc"] is None, "another recipe, same architecture: scratch only"
+    wider = {**config, "model_args": {**eight.model_args, "embed_dim": 96}}
+    assert scratch_quote(tmp_path, "grow-pretrained-conv16", recipe, wider) is None, "another architecture"
+    assert scratch_quote(tmp_path, "missing-suite", recipe, config) is None
 
 
 def test_goal_checks_judge_each_role_from_the_measured_numbers():
@@ -221,7 +227,11 @@ def test_a_model_better_on_no_axis_is_named_but_never_shown_as_a_result(tmp_path
     base = _entry("base", 0.9086, 1.0)
     grown = _entry("better", 0.9086, 0.53, params=180, gflops=0.036, diff=(0.0, -0.002, 0.002))
     routed = _entry("faster", 0.9044, 1.36, gflops=0.012, diff=(-0.0042, -0.007, -0.0015))
+    grown["scratch"] = {"suite": "grow-pretrained-conv16", "seeds": 3, "cpu": "X", "date": "2026-12-04",
+                        "scratch_acc": 0.9064, "scratch_acc_ci": [0.9004, 0.9124], "scratch_train_s": 1000.0,
+                        "grown_acc": None, "grown_train_s": None}  # fmt: skip
     s = _summary(base, grown, routed)
+    assert "in 1000 s; this demo's fine-tune took 1 s (about 0.00 of that, from two sessions)" in demo_markdown(s)
     printed = demo_json(s)
     assert [m["name"] for m in printed["models"]] == ["m_base", "m_faster"]
     assert [m["name"] for m in printed["withheld"]] == ["m_better"] and set(printed["withheld"][0]) == JSON_KEYS

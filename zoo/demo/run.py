@@ -102,7 +102,8 @@ def run_demo(
     entries = [_base_entry(base_name, base, base_eval)]
     for m in models:
         entries.append(_make(m, recipes[m.name], out, base_name, resume, force, progress, evaluate_against_base))
-        entries[-1]["scratch"] = m.scratch_suite and scratch_quote(results, m.scratch_suite, recipes[m.name])
+        config = json.loads((out / m.name / "config.json").read_text())  # the exported model's architecture
+        entries[-1]["scratch"] = m.scratch_suite and scratch_quote(results, m.scratch_suite, recipes[m.name], config)
 
     t0 = time.perf_counter()
     loaded = {e["name"]: load_model(e["source"]) for e in entries}
