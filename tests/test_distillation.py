@@ -128,6 +128,11 @@ def test_an_ensemble_teacher_trains_resumes_exactly_and_differs_from_one_member(
     train(one, tmp_path / "one", progress=False)
     a, b = weights(tmp_path / "full"), weights(tmp_path / "one")
     assert any(not torch.equal(a[k], b[k]) for k in a), "the second member changed the teacher"
+    from zoo.publish.export import export_run
+
+    card = (export_run(tmp_path / "full", tmp_path / "card", profile_iters=1) / "README.md").read_text()
+    assert f"distilled from an ensemble of `{TEACHER}`, `{OTHER}`" in card and "- knowledge-distillation" in card
+    assert "soft, weight 0.7, temperature 2" in card
     missing = recipe_from_dict(tiny_recipe(distill={"teacher": [TEACHER, str(tmp_path / "missing")]}))
     with pytest.raises(RecipeError, match="distill.teacher"):
         train(missing, tmp_path / "bad", progress=False)

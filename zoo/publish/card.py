@@ -124,6 +124,8 @@ def tags(inp: CardInputs) -> list[str]:
         t.append("gradual-unfreezing")
     if r["model"].get("pretrained"):
         t.append("fine-tuned")
+    if r.get("distill"):
+        t.append("knowledge-distillation")
     return t
 
 
@@ -271,6 +273,17 @@ def architecture_markdown(inp: CardInputs) -> str:
     return head + "\n\n| Argument | Value |\n|---|---|\n" + "\n".join(rows)
 
 
+def distill_summary(recipe: dict) -> str:
+    """What the run was distilled from (a teacher, or an ensemble whose distributions were averaged) and how."""
+    d = recipe["distill"]
+    teachers = d.get("teacher", "pretrained")
+    teachers = [teachers] if isinstance(teachers, str) else teachers
+    names = [f"`{recipe['model'].get('pretrained') if t == 'pretrained' else t}`" for t in teachers]
+    who = names[0] if len(names) == 1 else f"an ensemble of {', '.join(names)} (their softened distributions averaged)"
+    how = f"{d.get('kind', 'soft')}, weight {d.get('weight', 0.5):g}, temperature {d.get('temperature', 1.0):g}"
+    return f"distilled from {who}: {how}"
+
+
 def history_markdown(inp: CardInputs) -> str:
     total = int(inp.result.get("steps") or inp.manifest.get("total_steps") or 0)
     lines = []
@@ -286,6 +299,8 @@ def history_markdown(inp: CardInputs) -> str:
             lines.append(f"- {text}")
     if inp.recipe["model"].get("pretrained"):
         lines.append(f"- initialised from `{inp.recipe['model']['pretrained']}`")
+    if inp.recipe.get("distill"):
+        lines.append(f"- {distill_summary(inp.recipe)}")
     events = structure_events(inp.records, inp.recipe, inp.config, total)
     if not lines and not events:
         return "Trained at a fixed architecture: no growth, unfreezing or routing."
