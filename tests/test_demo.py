@@ -122,7 +122,7 @@ def test_demo_resume_reuses_the_finished_runs_and_its_kept_copy_renders_in_readm
     assert [e["reused"] for e in summary["models"][1:]] == [True, True]
     first = {m["name"]: m["top1"] for m in printed["models"] + printed["withheld"]}
     assert {e["name"]: e["top1"] for e in summary["models"]} == first
-    for words in ("better: zoo_vit_micro_conv16_p4_d8.fmnist_grown", "(reused)", "demo total", "demo.png"):
+    for words in ("better: zoo_vit_micro_conv16_p4_d8.fmnist_grown_distilled", "(reused)", "demo total", "demo.png"):
         assert words in text
 
 

@@ -18,9 +18,8 @@ class DemoModel:
     ``role``: what it is for (``better``: more accurate; ``faster``: more images per second); ``name``: its hub-ready
     folder's name, the model's name in the table and JSON; ``recipe``: the recipe in
     schedules/ that makes it (its ``model.pretrained`` is set to the base); ``how``: what the recipe does, in a few
-    words. ``scratch_suite``: the ``zoo bench`` suite whose kept runs (``results/SUITE``) trained this same recipe
-    and, as arm ``scratch``, the same final architecture from scratch: the demo quotes that cost instead of paying
-    it again."""
+    words. ``scratch_suite``: the ``zoo bench`` suite whose kept runs (``results/SUITE``) trained, as arm
+    ``scratch``, the same final architecture from scratch: the demo quotes that cost instead of paying it again."""
 
     role: str
     name: str
@@ -32,9 +31,9 @@ class DemoModel:
 DEMO_MODELS = (
     DemoModel(
         role="better",
-        name="zoo_vit_micro_conv16_p4_d8.fmnist_grown",
-        recipe="fmnist_conv16_grown",
-        how="grown 4 -> 8 blocks while fine-tuning",
+        name="zoo_vit_micro_conv16_p4_d8.fmnist_grown_distilled",
+        recipe="fmnist_conv16_grown_distilled",
+        how="grown 4 -> 8 blocks while fine-tuning, distilled from the base + zoo_vit_micro_conv_p4.fmnist",
         scratch_suite="grow-pretrained-conv16",
     ),
     DemoModel(
