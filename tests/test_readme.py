@@ -53,6 +53,14 @@ def test_zoo_readme_prefers_the_full_run_over_the_quick_one(tmp_path, capsys):
     assert main(["readme", "--bench-dir", str(bench), "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert "| train_speedup | 1.99 |" in text and "2.09" not in text
+    # a full run kept aside under another folder name does not replace the suite's own folder's
+    (bench / "routing-rerun").mkdir()
+    (bench / "routing-rerun" / "summary.json").write_text(json.dumps(summary(False, 1.51)))
+    (bench / "a-routing-rerun").mkdir()  # sorts before routing/ by name: the order must not come from names
+    (bench / "a-routing-rerun" / "summary.json").write_text(json.dumps(summary(False, 1.52)))
+    assert main(["readme", "--bench-dir", str(bench), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "| train_speedup | 1.99 |" in text and "1.51" not in text and "1.52" not in text
 
 
 def test_growth_summary_names_its_headline_arm_and_tabulates_loss_spikes():

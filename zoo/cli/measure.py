@@ -60,8 +60,13 @@ def cmd_readme(args: argparse.Namespace) -> int:
 
     done = []
     summaries = [(f, json.loads(f.read_text())) for f in sorted(Path(args.bench_dir).glob("*/summary.json"))]
-    # a suite's full run, when there is one, is what its section shows: quick summaries are written first
-    for summary_file, summary in sorted(summaries, key=lambda fs: not fs[1].get("quick")):
+    # a suite's full run, when there is one, is what its section shows: quick summaries are written first; among
+    # full runs, the one kept in results/SUITE itself is written last (results/SUITE-variant is a record kept aside,
+    # e.g. a rerun of one arm in another session, which README notes rather than tabulates)
+    def order(fs: tuple[Path, dict]) -> tuple[bool, bool]:
+        return not fs[1].get("quick"), fs[0].parent.name == fs[1]["suite"]
+
+    for summary_file, summary in sorted(summaries, key=order):
         update_readme(Path(args.readme), f"bench-{summary['suite']}", bench_markdown(summary))
         done.append(f"{summary['suite']} ({summary_file})")
     demo = Path(args.bench_dir) / "demo" / "demo.json"
