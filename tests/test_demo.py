@@ -240,8 +240,10 @@ def test_a_model_better_on_no_axis_is_named_but_never_shown_as_a_result(tmp_path
     assert not any("m_better" in r for r in rows), "no table row for it"
     assert "| 1360 (x1.36 [1.22, 1.50]) | 1 | speed, FLOPs |" in md
     note = next(line for line in md.splitlines() if line.startswith("- not shown: better: m_better"))
-    assert "top-1 +0.00 pt [-0.20, +0.20]" in note and "params x1.80" in note and "runs/demo" in note
+    assert "top-1 +0.00 pt [-0.20, +0.20]" in note and "params x1.80" in note and "--out folder" in note
     assert "-0.42 pt [-0.70, -0.15]" in md, "the offered model's difference carries its paired interval"
-    assert "m_better" not in "".join(line for line in format_demo(s).splitlines() if "hub-ready folder" in line)
+    terminal = format_demo(s)
+    assert "m_better" not in "".join(line for line in terminal.splitlines() if "hub-ready folder" in line)
+    assert "folder stay in runs/demo for inspection" in terminal, "the terminal names the user's folder"
     pytest.importorskip("matplotlib")
     assert plot_demo(s, tmp_path / "demo.png")

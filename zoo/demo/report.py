@@ -117,13 +117,13 @@ def _header(s: dict) -> list[str]:
             "training s", "better than the base on"]  # fmt: skip
 
 
-def _withheld_note(e: dict, base: dict, out: str) -> str:
+def _withheld_note(e: dict, base: dict, where: str) -> str:
     speed, ci = speed_over_base(e, base)
     return (
         f"not shown: {e['role']}: {e['name']} ({e['how']}): better than the base on no axis: top-1 "
         f"{_gain_text(e, base)}, inference img/s x{speed:.2f}{'' if ci is None else ' ' + interval_text(*ci)}, "
         f"params x{e['params'] / base['params']:.2f}, FLOPs x{e['gflops'] / base['gflops']:.2f}, against the base "
-        f"(its run and folder stay in {out} for inspection)"
+        f"(its run and folder stay in {where} for inspection)"
     )
 
 
@@ -143,9 +143,11 @@ def _scratch_note(e: dict, q: dict) -> str:
     return f"{quoted}this demo's fine-tune took {e['train_s']:.0f} s (about {share:.2f} of that, from two sessions)"
 
 
-def _notes(s: dict) -> list[str]:
+def _notes(s: dict, where: str) -> list[str]:
+    """The table's notes; ``where``: how to name the demo's folder (the terminal gives its path, the README, which
+    must not carry a machine's paths, says what it is)."""
     base = s["models"][0]
-    lines = [_withheld_note(e, base, s["out"]) for e in offered(s)[1]]
+    lines = [_withheld_note(e, base, where) for e in offered(s)[1]]
     for e in s["models"]:
         q = e.get("scratch")
         if q:
@@ -175,7 +177,7 @@ def format_demo(s: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    lines += ["", *_notes(s), ""]
+    lines += ["", *_notes(s, s["out"]), ""]
     out = Path(s["out"])
     for e in offered(s)[0][1:]:
         lines.append(f"{e['role']} model: hub-ready folder {out / e['name']} (card: README.md inside); load it with "
@@ -189,7 +191,7 @@ def demo_markdown(s: dict) -> str:
     rows = [_header(s), *_rows(s)]
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
-    return "\n".join([*lines, "", *(f"- {n}" for n in _notes(s))])
+    return "\n".join([*lines, "", *(f"- {n}" for n in _notes(s, "the demo's --out folder"))])
 
 
 def plot_demo(s: dict, path: Path) -> bool:
