@@ -60,6 +60,7 @@ def cmd_readme(args: argparse.Namespace) -> int:
 
     done = []
     summaries = [(f, json.loads(f.read_text())) for f in sorted(Path(args.bench_dir).glob("*/summary.json"))]
+
     # a suite's full run, when there is one, is what its section shows: quick summaries are written first; among
     # full runs, the one kept in results/SUITE itself is written last (results/SUITE-variant is a record kept aside,
     # e.g. a rerun of one arm in another session, which README notes rather than tabulates)
