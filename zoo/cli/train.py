@@ -135,7 +135,9 @@ def register(sub) -> None:
     s.add_argument("--profile-batch", type=int, default=256, help="batch of the side-by-side inference timing")
     s.add_argument("--profile-rounds", type=int, default=10, help="interleaved timing rounds (median)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
-    s.add_argument("--json", action="store_true", help="print one JSON object (base, models) instead of the table")
+    s.add_argument(
+        "--json", action="store_true", help="print one JSON object (base, models, withheld) instead of the table"
+    )
     s.add_argument("--keep", metavar="DIR", help="also copy demo.json, demo.md and demo.png to DIR (results/demo: "
                    "the copy `zoo readme` renders into README.md)")  # fmt: skip
     s.set_defaults(fn=cmd_demo)
