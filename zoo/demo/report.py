@@ -118,10 +118,9 @@ def _header(s: dict) -> list[str]:
 
 
 def _withheld_note(e: dict, base: dict, where: str) -> str:
-    speed, ci = speed_over_base(e, base)
     return (
         f"not shown: {e['role']}: {e['name']} ({e['how']}): better than the base on no axis: top-1 "
-        f"{_gain_text(e, base)}, inference img/s x{speed:.2f}{'' if ci is None else ' ' + interval_text(*ci)}, "
+        f"{_gain_text(e, base)}, inference img/s {_speed_text(e, base)}, "
         f"params x{e['params'] / base['params']:.2f}, FLOPs x{e['gflops'] / base['gflops']:.2f}, against the base "
         f"(its run and folder stay in {where} for inspection)"
     )

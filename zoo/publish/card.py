@@ -25,6 +25,7 @@ from zoo.publish.run_history import (
     structure_events,
     unfreeze_summary,
 )
+from zoo.training.recipe_schema import DistillConfig
 from zoo.utils.units import mib, si
 
 PLACEHOLDER_REPO = "ORG/NAME"
@@ -275,12 +276,10 @@ def architecture_markdown(inp: CardInputs) -> str:
 
 def distill_summary(recipe: dict) -> str:
     """What the run was distilled from (a teacher, or an ensemble whose distributions were averaged) and how."""
-    d = recipe["distill"]
-    teachers = d.get("teacher", "pretrained")
-    teachers = [teachers] if isinstance(teachers, str) else teachers
-    names = [f"`{recipe['model'].get('pretrained') if t == 'pretrained' else t}`" for t in teachers]
+    d = DistillConfig.model_validate(recipe["distill"])  # the schema's defaults and reading of `pretrained`
+    names = [f"`{src}`" for src in d.sources(recipe["model"].get("pretrained"))]
     who = names[0] if len(names) == 1 else f"an ensemble of {', '.join(names)} (their softened distributions averaged)"
-    how = f"{d.get('kind', 'soft')}, weight {d.get('weight', 0.5):g}, temperature {d.get('temperature', 1.0):g}"
+    how = f"{d.kind}, weight {d.weight:g}, temperature {d.temperature:g}"
     return f"distilled from {who}: {how}"
 
 

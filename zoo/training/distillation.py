@@ -51,15 +51,10 @@ def ensemble_logits(logits: list[torch.Tensor], temperature: float) -> torch.Ten
     return t * (torch.logsumexp(log_p, dim=0) - math.log(len(logits)))
 
 
-def teacher_sources(recipe: Recipe) -> list[str]:
-    """The teacher's members as model sources (``pretrained`` read as ``model.pretrained``)."""
-    return [recipe.model.pretrained if t == "pretrained" else t for t in recipe.distill.teachers()]
-
-
 def load_teachers(recipe: Recipe, num_classes: int, device: torch.device) -> list[DistillationTeacher]:
     """The recipe's teacher (each member of an ensemble), frozen, in eval mode, on ``device``; a RecipeError names
     ``distill.teacher`` when one cannot be loaded or predicts a different number of classes than the data has."""
-    return [_load_member(src, num_classes, device) for src in teacher_sources(recipe)]
+    return [_load_member(src, num_classes, device) for src in recipe.distill.sources(recipe.model.pretrained)]
 
 
 def _load_member(src: str, num_classes: int, device: torch.device) -> DistillationTeacher:

@@ -34,10 +34,9 @@ def check_recipe(recipe: RecipeSchema, err) -> None:
 
 
 def _check_teachers(recipe: RecipeSchema, err) -> None:
-    teachers = recipe.distill.teachers()
-    if "pretrained" in teachers and recipe.model.pretrained is None:
+    resolved = recipe.distill.sources(recipe.model.pretrained)
+    if None in resolved:
         raise err("distill.teacher", "'pretrained' names model.pretrained, which is not set: give a model source")
-    resolved = [recipe.model.pretrained if t == "pretrained" else t for t in teachers]
     twice = sorted({t for t in resolved if resolved.count(t) > 1})
     if twice:  # an ensemble member listed twice would silently weigh double
         raise err("distill.teacher", f"lists {twice[0]} more than once")

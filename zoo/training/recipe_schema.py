@@ -226,9 +226,11 @@ class DistillConfig(Section):
     kind: Literal["soft", "hard"] = "soft"
     temperature: Positive = 1.0
 
-    def teachers(self) -> list[str]:
-        """The teacher's members as a list (one for a single teacher)."""
-        return [self.teacher] if isinstance(self.teacher, str) else list(self.teacher)
+    def sources(self, pretrained: str | None) -> list[str]:
+        """The teacher's members as model sources, one for a single teacher (``pretrained`` read as the run's
+        ``model.pretrained``, passed here; None where that is not set)."""
+        teachers = [self.teacher] if isinstance(self.teacher, str) else self.teacher
+        return [pretrained if t == "pretrained" else t for t in teachers]
 
 
 class RecipeSchema(Section):
